@@ -1,0 +1,333 @@
+"""config.yaml: its schema, loading, and the one frozen ``Settings`` built from it.
+
+Only two environment variables are read, here and nowhere else: ``ELEADS_CONFIG`` (which
+file, when ``--config`` is not given) and ``ELEADS_DATA_DIR`` (overrides ``data_dir``).
+Every problem is reported as ``file: key.path: reason``; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from daemon.errors import ConfigError
+
+ENV_CONFIG = "ELEADS_CONFIG"
+ENV_DATA_DIR = "ELEADS_DATA_DIR"
+
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_addresses(values: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        value = value.strip().lower()
+        if not _ADDRESS.match(value):
+            raise ValueError(f"not an email address: {value!r}")
+        out.append(value)
+    return out
+
+
+def _check_routes(values: list[str]) -> list[str]:
+    """Inbound routes are full addresses or ``@domain`` (every address of that domain)."""
+    out = []
+    for value in values:
+        value = value.strip().lower()
+        if value.startswith("@"):
+            if not re.fullmatch(r"@[^@\s<>]+\.[^@\s<>]+", value):
+                raise ValueError(f"not a domain route: {value!r}")
+        elif not _ADDRESS.match(value):
+            raise ValueError(f"not an email address or @domain: {value!r}")
+        out.append(value)
+    return out
+
+
+Addresses = Annotated[list[str], AfterValidator(_check_addresses), Field(default_factory=list)]
+Routes = Annotated[list[str], AfterValidator(_check_routes), Field(default_factory=list)]
+
+
+class TLSSettings(_Model):
+    cert_file: Path
+    key_file: Path
+    #: Refuse MAIL FROM until STARTTLS was done.
+    require_starttls: bool = False
+
+
+class SMTPUser(_Model):
+    username: str
+    password: str = Field(min_length=1, repr=False)
+
+
+class SMTPAuthSettings(_Model):
+    #: Refuse MAIL FROM until the client authenticated.
+    required: bool = False
+    users: list[SMTPUser] = Field(min_length=1)
+
+
+class SMTPSettings(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    #: Name in the greeting and EHLO answer (default: the machine's FQDN).
+    hostname: str | None = None
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    tls: TLSSettings | None = None
+    auth: SMTPAuthSettings | None = None
+    #: Seconds an idle client may take before the server hangs up.
+    timeout: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _auth_needs_tls_or_loopback(self) -> SMTPSettings:
+        if self.auth and not self.tls and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("auth without tls is only allowed on a loopback host")
+        return self
+
+
+class IMAPMailbox(_Model):
+    name: str = Field(pattern=_KEY.pattern)
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    username: str
+    password: str = Field(repr=False)
+    folder: str = "INBOX"
+    #: After the spool write: mark \\Seen, and/or move to this folder (created if missing).
+    mark_seen: bool = True
+    move_to: str | None = None
+    #: Use IDLE when the server offers it; otherwise (or when false) poll.
+    idle: bool = True
+    #: Re-issue IDLE after this many seconds (servers and NAT drop idle links early).
+    idle_timeout: float = Field(default=240.0, gt=0, le=29 * 60)
+    poll_interval: float = Field(default=60.0, gt=0)
+    #: Socket timeout for every IMAP command.
+    timeout: float = Field(default=60.0, gt=0)
+    #: Force every message of this mailbox to one account (default: route by recipient).
+    account: str | None = None
+    #: Verify the server's certificate (turn off only for a test server).
+    verify_tls: bool = True
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        return 993 if self.security == "ssl" else 143
+
+
+class IMAPSettings(_Model):
+    mailboxes: list[IMAPMailbox] = Field(default_factory=list)
+    #: Reconnect backoff: first wait, doubled per failure up to the max.
+    reconnect_min: float = Field(default=1.0, gt=0)
+    reconnect_max: float = Field(default=300.0, gt=0)
+
+
+class SpoolSettings(_Model):
+    #: Processing attempts before a message moves to spool/failed/.
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base: float = Field(default=30.0, gt=0)
+    retry_max: float = Field(default=3600.0, gt=0)
+    #: Group commit: gather messages arriving within this many ms into one fsync round.
+    group_commit_ms: float = Field(default=2.0, ge=0, le=1000)
+    #: How many spooled messages the runner works on at once.
+    workers: int = Field(default=2, ge=1, le=64)
+
+
+class RelaySettings(_Model):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class OutboundSettings(_Model):
+    from_address: str = "leads@eleads.example"
+    from_name: str = "eLeads"
+    #: Replies come back to <reply_local>+r-<token>@<reply_domain>.
+    reply_local: str = Field(default="leads", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    reply_domain: str = "eleads.example"
+    #: None: outgoing mail is written to the Maildir <data_dir>/outbox/.
+    relay: RelaySettings | None = None
+
+
+class NotificationAddresses(_Model):
+    received: Addresses
+    appointment: Addresses
+    conversion_issue: Addresses
+    return_lead: Addresses
+
+
+
+class LocationSettings(_Model):
+    key: str = Field(pattern=_KEY.pattern)
+    name: str | None = None
+    inbound_addresses: Routes
+    return_lead_alerts: Addresses
+
+
+
+class AccountSettings(_Model):
+    id: str = Field(pattern=_KEY.pattern)
+    name: str | None = None
+    country: str = Field(default="US", pattern=r"^[A-Z]{2}$")
+    #: Recipients that route to this account: addresses or @domain.
+    inbound_addresses: Routes
+    locations: list[LocationSettings] = Field(default_factory=list)
+    notifications: NotificationAddresses = Field(default_factory=NotificationAddresses)
+    authorised_senders: Addresses
+
+
+    @model_validator(mode="after")
+    def _unique_locations(self) -> AccountSettings:
+        keys = [loc.key for loc in self.locations]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"duplicate location keys: {', '.join(dupes)}")
+        return self
+
+    def location(self, key: str) -> LocationSettings | None:
+        return next((loc for loc in self.locations if loc.key == key), None)
+
+
+class DatabaseSettings(_Model):
+    #: None: sqlite at <data_dir>/eleads.db.
+    url: str | None = None
+
+
+class LoggingSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class VisitSource(_Model):
+    #: A glob; relative paths are under data_dir.
+    path: str
+    format: Literal["combined_cookie", "jsonl"]
+    account: str | None = None
+
+
+class VisitSettings(_Model):
+    enabled: bool = True
+    interval_seconds: float = Field(default=60.0, gt=0)
+    session_timeout_minutes: float = Field(default=30.0, gt=0)
+    sources: list[VisitSource] = Field(default_factory=list)
+
+
+class Settings(_Model):
+    """Everything eleads needs to run; built once by :func:`load_settings`."""
+
+    data_dir: Path = Path("var")
+    #: Directory of provider rules (relative: to the config file's directory).
+    rules_dir: Path = Path("rules")
+    #: When exactly one account is configured, every recipient routes to it.
+    catch_all_single_account: bool = True
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    smtp: SMTPSettings = Field(default_factory=SMTPSettings)
+    imap: IMAPSettings = Field(default_factory=IMAPSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    visits: VisitSettings = Field(default_factory=VisitSettings)
+    accounts: list[AccountSettings] = Field(min_length=1)
+    #: Where the settings came from (set by load_settings, not by the file).
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        ids = [a.id for a in self.accounts]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate account ids: {', '.join(dupes)}")
+        names = [m.name for m in self.imap.mailboxes]
+        if len(set(names)) != len(names):
+            raise ValueError("imap mailbox names must be unique")
+        for mailbox in self.imap.mailboxes:
+            if mailbox.account and mailbox.account not in ids:
+                raise ValueError(f"imap mailbox {mailbox.name}: unknown account {mailbox.account}")
+        return self
+
+    def account(self, account_id: str) -> AccountSettings | None:
+        return next((a for a in self.accounts if a.id == account_id), None)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'eleads.db'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def messages_dir(self) -> Path:
+        return self.data_dir / "messages"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """--config, else $ELEADS_CONFIG, else ./config.yaml."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(ENV_CONFIG) or "config.yaml")
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top)"
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def parse_settings(data: Any, *, source: Path) -> Settings:
+    """Validate already-loaded YAML data; relative paths are resolved against the file."""
+    name = str(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: (top): expected a mapping of settings")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{name}: {_format_location(err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError(problems[0], problems) from None
+    base = source.resolve().parent
+    data_dir = os.environ.get(ENV_DATA_DIR)
+    resolved_data_dir = Path(data_dir).resolve() if data_dir else _resolve(base, settings.data_dir)
+    return settings.model_copy(
+        update={
+            "data_dir": resolved_data_dir,
+            "rules_dir": _resolve(base, settings.rules_dir),
+            "source": source,
+        }
+    )
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read and validate config.yaml; raise ConfigError listing every problem."""
+    source = config_path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: cannot read: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(top)"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: {where}: invalid YAML: {reason}") from None
+    return parse_settings(data, source=source)

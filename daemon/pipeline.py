@@ -1,0 +1,259 @@
+"""From a spooled message to its durable effects: dedupe, parse, archive, record.
+
+``Pipeline.process`` runs on the DB thread (or in the CLI) and is the one place where a
+spooled message turns into database rows. Its order is what makes retries safe:
+
+1. the dedupe key (Message-ID + body hash) already recorded -> finish, nothing new;
+2. parse (pure; never raises);
+3. hard-link the spool file into ``messages/`` (the raw bytes outlive the spool);
+4. one transaction: InboundMessage, eLead, audit event;
+5. only then remove the spool file.
+
+A crash between any two steps leaves the message in the spool; the retry finds the link
+already made (3) or the row already committed (1) and finishes without doubling anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Settings
+from daemon.db.models import Account, AuditEvent, ELead, InboundMessage, database_proxy
+from daemon.parse import parse_message
+from daemon.parse.model import ParseContext, ParseResult
+from daemon.routing import route_recipient
+from daemon.spool import Envelope, Spool, SpoolEntry
+
+log = logging.getLogger(__name__)
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One line of ``eleads ingest --json``."""
+
+    message_id: str | None
+    outcome: str  # created|matched|fuzzy|duplicate|reply|dropped|failed|received
+    elead: str | None = None
+    prospect: str | None = None
+    detail: str = ""
+    spool_id: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "outcome": self.outcome,
+            "elead": self.elead,
+            "prospect": self.prospect,
+            "detail": self.detail,
+        }
+
+
+def split_head_body(raw: bytes) -> tuple[bytes, bytes]:
+    normalised = raw.replace(b"\r\n", b"\n")
+    head, _, body = normalised.partition(b"\n\n")
+    return head, body
+
+
+def header_message_id(raw: bytes) -> str | None:
+    head, _ = split_head_body(raw)
+    match = _MESSAGE_ID.search(head)
+    if not match:
+        return None
+    value = re.sub(rb"\s+", b"", match.group(1)).decode("ascii", "replace").strip("<>")
+    return value or None
+
+
+def header_recipients(raw: bytes) -> list[str]:
+    """Addresses in Delivered-To, X-Original-To, To and Cc (for mail without an envelope)."""
+    head, _ = split_head_body(raw)
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(head + b"\n\n")
+    except Exception:  # noqa: BLE001 - a broken header block routes nowhere
+        return []
+    values: list[str] = []
+    for name in ("delivered-to", "x-original-to", "to", "cc"):
+        values.extend(str(v) for v in headers.get_all(name, []))
+    return [addr.lower() for _, addr in getaddresses(values) if "@" in addr]
+
+
+def dedupe_key(raw: bytes) -> str:
+    """Same Message-ID and same body = the same message, however often delivered.
+
+    Trace headers differ between deliveries (Received, Delivered-To), so only the
+    Message-ID and the body count; without a Message-ID the whole header block counts
+    minus the trace headers.
+    """
+    head, body = split_head_body(raw)
+    message_id = header_message_id(raw)
+    digest = hashlib.sha256()
+    if message_id:
+        digest.update(b"mid:" + message_id.lower().encode())
+    else:
+        kept = [
+            line for line in head.split(b"\n")
+            if not re.match(rb"(?i)(received|return-path|delivered-to|x-original-to)\s*:", line)
+        ]
+        digest.update(b"head:" + b"\n".join(kept))
+    digest.update(b"\0body:" + body)
+    return digest.hexdigest()
+
+
+class Pipeline:
+    """Turns claimed spool entries into database rows; see the module docstring."""
+
+    def __init__(self, *, settings: Settings, spool: Spool, rules: Any = None) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.rules = rules
+
+    def _archive(self, entry: SpoolEntry) -> Path:
+        day = datetime.now(UTC)
+        folder = self.settings.messages_dir / f"{day:%Y}" / f"{day:%m}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{entry.id}.msg"
+        try:
+            os.link(entry.path, target)
+        except FileExistsError:
+            pass  # a retry after a crash: the link from the first attempt is there
+        return target
+
+    def _account_for(self, envelope: Envelope) -> tuple[str | None, str | None]:
+        if envelope.account:
+            return envelope.account, envelope.location
+        for rcpt in envelope.rcpt_tos:
+            route = route_recipient(self.settings, rcpt)
+            if route is not None and route.account:
+                return route.account, route.location
+        if self.settings.catch_all_single_account and len(self.settings.accounts) == 1:
+            return self.settings.accounts[0].id, None
+        return None, None
+
+    def _parse(self, raw: bytes, account_id: str | None) -> ParseResult:
+        account = self.settings.account(account_id) if account_id else None
+        ctx = ParseContext(default_region=account.country if account else "US", account=account_id)
+        return parse_message(raw, ctx=ctx, rules=self.rules)
+
+    def process(self, entry: SpoolEntry) -> Outcome:
+        raw = self.spool.read_raw(entry)
+        key = dedupe_key(raw)
+        existing = InboundMessage.get_or_none(InboundMessage.dedupe_key == key)
+        if existing is not None:
+            self.spool.complete(entry)
+            return self._repeat_outcome(existing, entry)
+        envelope = entry.envelope
+        account_id, location = self._account_for(envelope)
+        # IMAP and ingest have no RCPT step: route by the message's own recipients.
+        result = self._parse(raw, account_id)
+        if account_id is None:
+            account_id, location = self._route_by_headers(raw)
+            if account_id is not None:
+                result = self._parse(raw, account_id)
+        raw_path = self._archive(entry)
+        with database_proxy.atomic():
+            outcome = self._record(entry, key, raw, raw_path, result, account_id, location)
+        self.spool.complete(entry)
+        log.info(
+            "event=message_processed spool_id=%s message_id=%s listener=%s kind=%s rule=%s "
+            "outcome=%s elead=%s account=%s",
+            entry.id, result.message_id, envelope.listener, result.kind, result.rule,
+            outcome.outcome, outcome.elead, account_id,
+        )
+        return outcome
+
+    def _route_by_headers(self, raw: bytes) -> tuple[str | None, str | None]:
+        for address in header_recipients(raw):
+            route = route_recipient(self.settings, address)
+            if route is not None and route.account:
+                return route.account, route.location
+        return None, None
+
+    def _repeat_outcome(self, existing: InboundMessage, entry: SpoolEntry) -> Outcome:
+        elead = existing.eleads.first()
+        elead_id = elead.public_id if elead else None
+        if existing.spool_id == entry.id:  # our own retry after a crash past the commit
+            return Outcome(existing.message_id, existing.outcome, elead_id,
+                           detail=existing.detail or "", spool_id=entry.id)
+        log.info("event=duplicate spool_id=%s message_id=%s elead=%s first_spool_id=%s",
+                 entry.id, existing.message_id, elead_id, existing.spool_id)
+        return Outcome(existing.message_id, "duplicate", elead_id,
+                       detail=f"already received as spool {existing.spool_id}", spool_id=entry.id)
+
+    def _record(
+        self,
+        entry: SpoolEntry,
+        key: str,
+        raw: bytes,
+        raw_path: Path,
+        result: ParseResult,
+        account_id: str | None,
+        location: str | None,
+    ) -> Outcome:
+        envelope = entry.envelope
+        outcome, detail = _classify_outcome(result, account_id)
+        account = Account.get_or_none(Account.id == account_id) if account_id else None
+        message = InboundMessage.create(
+            dedupe_key=key, spool_id=entry.id, message_id=result.message_id,
+            listener=envelope.listener, mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos), account=account, raw_path=str(raw_path),
+            size=len(raw), kind=result.kind, outcome=outcome, detail=detail,
+            received_at=_parse_time(envelope.received_at),
+        )
+        if result.kind != "lead":
+            return Outcome(result.message_id, outcome, detail=detail, spool_id=entry.id)
+        lead = dict(result.lead or {})
+        state = "failed_parse" if outcome == "failed" else "received"
+        elead = ELead.create(
+            account=account, message=message, message_id=result.message_id,
+            location=lead.get("location") or location, state=state, rule=result.rule,
+            parse=result.as_json(), problems=list(result.problems),
+            header_date=_naive_utc(result.date), received_at=message.received_at,
+        )
+        AuditEvent.create(actor=f"pipeline:{envelope.listener}", action=f"elead_{state}",
+                          account=account, elead=elead,
+                          detail={"rule": result.rule, "problems": list(result.problems)})
+        return Outcome(result.message_id, outcome, elead.public_id, detail=detail,
+                       spool_id=entry.id)
+
+
+def _classify_outcome(result: ParseResult, account_id: str | None) -> tuple[str, str]:
+    if result.kind == "lead":
+        lead = result.lead or {}
+        if account_id is None:
+            return "failed", "no configured account for this message's recipients"
+        if not (lead.get("email") or lead.get("phone")):
+            return "failed", "lead without email or phone: " + "; ".join(result.problems)
+        # Matching and conversion (issue 5) decide created/matched/fuzzy; until then the
+        # eLead waits in state "received".
+        return "received", f"lead parsed by {result.rule}"
+    if result.kind == "reply":
+        return "reply", "reply command recorded"
+    reason = {"auto_reply": "auto-reply", "bounce": "bounce"}.get(result.kind, "not a lead")
+    problems = f": {'; '.join(result.problems)}" if result.problems else ""
+    return "dropped", f"{reason} (kept in the message archive){problems}"
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return _naive_utc(datetime.fromisoformat(value)) or datetime.now(UTC).replace(tzinfo=None)
+    except ValueError:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value

@@ -1,0 +1,127 @@
+"""Open the parts every entry point needs: data dir, database, spool, rules, pipeline.
+
+The CLI calls :func:`open_runtime` directly; ``app.py`` calls it once at start and then
+hands the database to its DB thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import peewee as pw
+
+from daemon.config import Settings
+from daemon.db import open_database
+from daemon.db.models import Account, Location, database_proxy
+from daemon.errors import ConfigError, UsageError
+from daemon.pipeline import Pipeline
+from daemon.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: pw.Database
+    spool: Spool
+    pipeline: Pipeline
+    rules: Any
+
+    def close(self) -> None:
+        self.spool.close()
+        if not self.db.is_closed():
+            self.db.close()
+
+
+def load_rules(settings: Settings) -> Any:
+    """Provider rules from ``rules_dir`` (None until the rules engine is present)."""
+    try:
+        from daemon.parse import rules as rules_module
+    except ImportError:
+        return None
+    loader = getattr(rules_module, "load_rules", None)
+    if loader is None:
+        return None
+    if not settings.rules_dir.is_dir():
+        raise ConfigError(f"{settings.source}: rules_dir: not a directory: {settings.rules_dir}")
+    return loader(settings.rules_dir)
+
+
+def sync_accounts(settings: Settings) -> None:
+    """Make the Account/Location rows mirror config.yaml (config is the source of truth)."""
+    with database_proxy.atomic():
+        for account in settings.accounts:
+            Account.insert(id=account.id, name=account.name, country=account.country).on_conflict(
+                conflict_target=[Account.id],
+                update={Account.name: account.name, Account.country: account.country},
+            ).execute()
+            for loc in account.locations:
+                Location.insert(account=account.id, key=loc.key, name=loc.name).on_conflict(
+                    conflict_target=[Location.account, Location.key],
+                    update={Location.name: loc.name},
+                ).execute()
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror or exc}") from None
+    db = open_database(settings.database_url)
+    sync_accounts(settings)
+    spool = Spool(
+        settings.spool_dir,
+        max_attempts=settings.spool.max_attempts,
+        retry_base=settings.spool.retry_base,
+        retry_max=settings.spool.retry_max,
+        group_commit_ms=settings.spool.group_commit_ms,
+    )
+    rules = load_rules(settings)
+    pipeline = Pipeline(settings=settings, spool=spool, rules=rules)
+    return Runtime(settings=settings, db=db, spool=spool, pipeline=pipeline, rules=rules)
+
+
+class DataDirLock:
+    """One ``eleads serve`` per data dir: an flock held for the daemon's lifetime."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "serve.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise UsageError(f"another eleads serve is running on {self.path.parent}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def held_by_other(self) -> bool:
+        """True when a daemon holds the lock (used by the CLI to hand work over)."""
+        if not self.path.exists():
+            return False
+        with self.path.open("a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
