@@ -2,8 +2,9 @@
 
 Start order: data-dir lock, database (migrated), spool recovery (claimed-but-unfinished
 messages go back to the queue), the spool runner, then the listeners (SMTP, IMAP). Stop
-order is the reverse, and the runner finishes the message it holds before the database
-closes. SIGTERM/SIGINT stop the daemon; exit status 0.
+order is the reverse, and the worker finishes the batch it holds before it exits. The
+spool worker is a child process by default (daemon/worker.py, supervised by
+daemon/supervisor.py), or a thread of this process with ``spool.worker: thread``. SIGTERM/SIGINT stop the daemon; exit status 0.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from daemon.db.thread import DBThread
 from daemon.inbound.smtp import start_smtp_server
 from daemon.runner import SpoolRunner
 from daemon.runtime import DataDirLock, Runtime, open_runtime
+from daemon.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +36,22 @@ class Daemon:
         self.runtime: Runtime | None = None
         self.db_thread: DBThread | None = None
         self.runner: SpoolRunner | None = None
+        self.supervisor: WorkerSupervisor | None = None
 
     async def start(self) -> None:
         self._lock.acquire()
         runtime = self.runtime = open_runtime(self.settings)
         runtime.db.close()  # from here on, only the DB thread talks to the database
         recovered = runtime.spool.recover()
-        self.db_thread = DBThread(runtime.db)
-        self.runner = SpoolRunner(spool=runtime.spool, pipeline=runtime.pipeline,
-                                  db_thread=self.db_thread)
-        self._tasks.append(asyncio.create_task(self.runner.run(), name="spool-runner"))
+        if self.settings.spool.worker == "process":
+            self.supervisor = WorkerSupervisor(self.settings, nice=self.settings.spool.worker_nice)
+            runtime.spool.on_new_message(self.supervisor.wake)
+            self._tasks.append(asyncio.create_task(self.supervisor.run(), name="worker"))
+        else:
+            self.db_thread = DBThread(runtime.db)
+            self.runner = SpoolRunner(spool=runtime.spool, pipeline=runtime.pipeline,
+                                      db_thread=self.db_thread)
+            self._tasks.append(asyncio.create_task(self.runner.run(), name="spool-runner"))
         if self.settings.smtp.enabled:
             self._servers.append(
                 await start_smtp_server(settings=self.settings, spool=runtime.spool)
@@ -86,6 +94,8 @@ class Daemon:
             poller.stop()
         if self.runner is not None:
             self.runner.stop()
+        if self.supervisor is not None:
+            await self.supervisor.stop(timeout)
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:

@@ -137,8 +137,11 @@ class SpoolSettings(_Model):
     retry_max: float = Field(default=3600.0, gt=0)
     #: Group commit: gather messages arriving within this many ms into one fsync round.
     group_commit_ms: float = Field(default=2.0, ge=0, le=1000)
-    #: How many spooled messages the runner works on at once.
-    workers: int = Field(default=2, ge=1, le=64)
+    #: "process": parse and store in a worker process beside the listeners (uses a
+    #: second core); "thread": in the listener process (small installs, tests).
+    worker: Literal["process", "thread"] = "process"
+    #: CPU priority of the worker process relative to the listeners (0-19).
+    worker_nice: int = Field(default=10, ge=0, le=19)
 
 
 class RelaySettings(_Model):

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
-from daemon.db.models import Account, AuditEvent, ELead, InboundMessage, database_proxy
+import peewee as pw
+
+from daemon.db.models import AuditEvent, ELead, InboundMessage, database_proxy
 from daemon.parse import parse_message
 from daemon.parse.model import ParseContext, ParseResult
 from daemon.routing import route_recipient
@@ -37,6 +39,17 @@ from daemon.spool import Envelope, Spool, SpoolEntry
 log = logging.getLogger(__name__)
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    entry: SpoolEntry
+    key: str
+    size: int
+    raw_path: Path
+    result: ParseResult
+    account_id: str | None
+    location: str | None
 
 
 @dataclass(frozen=True)
@@ -146,31 +159,75 @@ class Pipeline:
         return parse_message(raw, ctx=ctx, rules=self.rules)
 
     def process(self, entry: SpoolEntry) -> Outcome:
+        """One entry; raises what ``process_batch`` would have returned for it."""
+        result = self.process_batch([entry])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def process_batch(self, entries: list[SpoolEntry]) -> list[Outcome | Exception]:
+        """Process entries in one transaction, each in its own savepoint.
+
+        Returns, per entry, its Outcome or the exception that stopped it; the caller
+        defers or fails the latter. Entries with an Outcome are finished (spool file gone).
+        """
+        results: dict[str, Outcome | Exception] = {}
+        prepared: list[_Prepared] = []
+        for entry in entries:
+            try:
+                ready = self._prepare(entry)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, entry retried
+                results[entry.id] = exc
+                continue
+            if isinstance(ready, Outcome):
+                results[entry.id] = ready
+            else:
+                prepared.append(ready)
+        if prepared:
+            try:
+                with database_proxy.atomic():
+                    for item in prepared:
+                        results[item.entry.id] = self._record_savepoint(item)
+            except Exception as exc:  # noqa: BLE001 - the commit failed: retry them all
+                for item in prepared:
+                    results[item.entry.id] = exc
+        for entry in entries:
+            outcome = results[entry.id]
+            if isinstance(outcome, Outcome):
+                self.spool.complete(entry)
+                log.info(
+                    "event=message_processed spool_id=%s message_id=%s listener=%s "
+                    "outcome=%s elead=%s detail=%s", entry.id, outcome.message_id,
+                    entry.envelope.listener, outcome.outcome, outcome.elead, outcome.detail)
+        return [results[entry.id] for entry in entries]
+
+    def _prepare(self, entry: SpoolEntry) -> _Prepared | Outcome:
+        """Everything that needs no transaction: read, dedupe check, parse, archive."""
         raw = self.spool.read_raw(entry)
         key = dedupe_key(raw)
         existing = InboundMessage.get_or_none(InboundMessage.dedupe_key == key)
         if existing is not None:
-            self.spool.complete(entry)
             return self._repeat_outcome(existing, entry)
-        envelope = entry.envelope
-        account_id, location = self._account_for(envelope)
-        # IMAP and ingest have no RCPT step: route by the message's own recipients.
-        result = self._parse(raw, account_id)
+        account_id, location = self._account_for(entry.envelope)
         if account_id is None:
+            # IMAP and ingest have no RCPT step: route by the message's own recipients.
             account_id, location = self._route_by_headers(raw)
-            if account_id is not None:
-                result = self._parse(raw, account_id)
+        result = self._parse(raw, account_id)
         raw_path = self._archive(entry)
-        with database_proxy.atomic():
-            outcome = self._record(entry, key, raw, raw_path, result, account_id, location)
-        self.spool.complete(entry)
-        log.info(
-            "event=message_processed spool_id=%s message_id=%s listener=%s kind=%s rule=%s "
-            "outcome=%s elead=%s account=%s",
-            entry.id, result.message_id, envelope.listener, result.kind, result.rule,
-            outcome.outcome, outcome.elead, account_id,
-        )
-        return outcome
+        return _Prepared(entry, key, len(raw), raw_path, result, account_id, location)
+
+    def _record_savepoint(self, item: _Prepared) -> Outcome | Exception:
+        try:
+            with database_proxy.atomic():
+                return self._record(item)
+        except pw.IntegrityError as exc:
+            # The same message twice in one batch: the first one's row is visible now.
+            existing = InboundMessage.get_or_none(InboundMessage.dedupe_key == item.key)
+            if existing is None:
+                return exc
+            return self._repeat_outcome(existing, item.entry)
+        except Exception as exc:  # noqa: BLE001 - only this entry is rolled back
+            return exc
 
     def _route_by_headers(self, raw: bytes) -> tuple[str | None, str | None]:
         for address in header_recipients(raw):
@@ -190,24 +247,17 @@ class Pipeline:
         return Outcome(existing.message_id, "duplicate", elead_id,
                        detail=f"already received as spool {existing.spool_id}", spool_id=entry.id)
 
-    def _record(
-        self,
-        entry: SpoolEntry,
-        key: str,
-        raw: bytes,
-        raw_path: Path,
-        result: ParseResult,
-        account_id: str | None,
-        location: str | None,
-    ) -> Outcome:
+    def _record(self, item: _Prepared) -> Outcome:
+        entry, result, account_id = item.entry, item.result, item.account_id
         envelope = entry.envelope
         outcome, detail = _classify_outcome(result, account_id)
-        account = Account.get_or_none(Account.id == account_id) if account_id else None
+        # Accounts are synced from config at start: the id is a valid foreign key as is.
+        account = account_id
         message = InboundMessage.create(
-            dedupe_key=key, spool_id=entry.id, message_id=result.message_id,
+            dedupe_key=item.key, spool_id=entry.id, message_id=result.message_id,
             listener=envelope.listener, mail_from=envelope.mail_from,
-            rcpt_tos=list(envelope.rcpt_tos), account=account, raw_path=str(raw_path),
-            size=len(raw), kind=result.kind, outcome=outcome, detail=detail,
+            rcpt_tos=list(envelope.rcpt_tos), account=account, raw_path=str(item.raw_path),
+            size=item.size, kind=result.kind, outcome=outcome, detail=detail,
             received_at=_parse_time(envelope.received_at),
         )
         if result.kind != "lead":
@@ -216,7 +266,7 @@ class Pipeline:
         state = "failed_parse" if outcome == "failed" else "received"
         elead = ELead.create(
             account=account, message=message, message_id=result.message_id,
-            location=lead.get("location") or location, state=state, rule=result.rule,
+            location=lead.get("location") or item.location, state=state, rule=result.rule,
             parse=result.as_json(), problems=list(result.problems),
             header_date=_naive_utc(result.date), received_at=message.received_at,
         )

@@ -19,25 +19,38 @@ from daemon.spool import Spool, SpoolEntry
 log = logging.getLogger(__name__)
 
 
-def process_or_defer(pipeline: Pipeline, spool: Spool, entry: SpoolEntry) -> Outcome:
-    """Process one claimed entry; on failure leave it retryable and say so."""
+def settle(spool: Spool, entry: SpoolEntry, result: Outcome | Exception) -> Outcome:
+    """Turn a failed entry into a deferred (or failed) one and report it as an Outcome."""
+    if isinstance(result, Outcome):
+        return result
+    if isinstance(result, PermanentError):
+        spool.fail(entry, f"permanent: {result}")
+        return Outcome(None, "failed", detail=f"moved to spool/failed: {result}", spool_id=entry.id)
+    reason = f"{type(result).__name__}: {result}"
+    log.error("event=process_error spool_id=%s listener=%s error=%s", entry.id,
+              entry.envelope.listener, reason, exc_info=result)
+    deferred = spool.defer(entry, reason)
+    where = "queued for retry" if deferred else "moved to spool/failed"
+    return Outcome(None, "failed", detail=f"{where}: {reason}", spool_id=entry.id)
+
+
+def process_or_defer_batch(pipeline: Pipeline, spool: Spool,
+                           entries: list[SpoolEntry]) -> list[Outcome]:
+    """Process claimed entries; failures stay retryable. Never raises for one message."""
     try:
-        return pipeline.process(entry)
-    except PermanentError as exc:
-        spool.fail(entry, f"permanent: {exc}")
-        return Outcome(None, "failed", detail=f"moved to spool/failed: {exc}", spool_id=entry.id)
-    except Exception as exc:  # noqa: BLE001 - the message must stay retryable, whatever broke
-        reason = f"{type(exc).__name__}: {exc}"
-        log.exception("event=process_error spool_id=%s listener=%s", entry.id,
-                      entry.envelope.listener)
-        deferred = spool.defer(entry, reason)
-        where = "queued for retry" if deferred else "moved to spool/failed"
-        return Outcome(None, "failed", detail=f"{where}: {reason}", spool_id=entry.id)
+        results = pipeline.process_batch(entries)
+    except Exception as exc:  # noqa: BLE001 - a bug in the batch logic must not lose mail
+        results = [exc] * len(entries)
+    return [settle(spool, entry, result) for entry, result in zip(entries, results, strict=True)]
+
+
+def process_or_defer(pipeline: Pipeline, spool: Spool, entry: SpoolEntry) -> Outcome:
+    return process_or_defer_batch(pipeline, spool, [entry])[0]
 
 
 class SpoolRunner:
     def __init__(self, *, spool: Spool, pipeline: Pipeline, db_thread: DBThread,
-                 batch: int = 64, idle_wait: float = 5.0) -> None:
+                 batch: int = 32, idle_wait: float = 5.0) -> None:
         self.spool = spool
         self.pipeline = pipeline
         self.db_thread = db_thread
@@ -54,9 +67,8 @@ class SpoolRunner:
         while not self._stopping:
             self._wakeup.clear()
             entries = await self.db_thread.run(self.spool.claim_due, self.batch)
-            for entry in entries:
-                # Once claimed, an entry is finished even when stop() is called meanwhile.
-                await self.db_thread.run(process_or_defer, self.pipeline, self.spool, entry)
+            # Once claimed, entries are finished even when stop() is called meanwhile.
+            await self.db_thread.run(process_or_defer_batch, self.pipeline, self.spool, entries)
             if entries:
                 continue
             due = await self.db_thread.run(self.spool.next_due_in)

@@ -39,7 +39,8 @@ def free_port() -> int:
 
 BASE_CONFIG: dict[str, Any] = {
     "smtp": {"host": "127.0.0.1", "port": 0},
-    "spool": {"retry_base": 0.2, "retry_max": 1.0, "max_attempts": 3},
+    # Thread mode lets in-process tests inject faults; test_restart covers process mode.
+    "spool": {"retry_base": 0.2, "retry_max": 1.0, "max_attempts": 3, "worker": "thread"},
     "accounts": [
         {
             "id": "demo",

@@ -35,7 +35,7 @@ def start_serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 def test_sigkill_mid_run_then_restart_loses_nothing(make_config: Any, tmp_path: Path) -> None:
     port = free_port()
-    config = make_config({"smtp": {"port": port}})
+    config = make_config({"smtp": {"port": port}, "spool": {"worker": "process"}})
     log = tmp_path / "serve.log"
     proc = start_serve(config, port, log)
     acked: dict[str, str] = {}  # message-id -> spool id, for every 250 we got

@@ -38,8 +38,10 @@ def send(port: int, raw: bytes, *, rcpt: str = "leads@demo.example",
     return text.rsplit(" ", 1)[-1]
 
 
-def test_accepted_lead_is_spooled_then_stored(make_config: Any, run_daemon: Any) -> None:
-    daemon = run_daemon(make_config())
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_accepted_lead_is_spooled_then_stored(make_config: Any, run_daemon: Any,
+                                              worker: str) -> None:
+    daemon = run_daemon(make_config({"spool": {"worker": worker}}))
     spool_id = send(daemon.smtp_port, LEAD)
     wait_for(lambda: processed(spool_id), what="processing")
     row = InboundMessage.get(InboundMessage.spool_id == spool_id)
@@ -123,9 +125,12 @@ def test_spool_failure_answers_451_not_5xx(make_config: Any, run_daemon: Any,
 def test_crash_while_processing_keeps_the_message(make_config: Any, run_daemon: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception after the 250 leaves the message retryable, then in failed/, never lost."""
-    real_process = Pipeline.process
-    monkeypatch.setattr(Pipeline, "process",
-                        lambda self, entry: (_ for _ in ()).throw(RuntimeError("injected")))
+    real_record = Pipeline._record
+
+    def broken_record(self: Pipeline, item: Any) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Pipeline, "_record", broken_record)
     daemon = run_daemon(make_config())
     spool = daemon.daemon.runtime.spool
     spool_id = send(daemon.smtp_port, LEAD)
@@ -134,7 +139,7 @@ def test_crash_while_processing_keeps_the_message(make_config: Any, run_daemon: 
     assert failed["attempts"] == 3 and "injected" in failed["reason"]
     assert not processed(spool_id)
     # Fixed: re-queue, and it goes through.
-    monkeypatch.setattr(Pipeline, "process", real_process)
+    monkeypatch.setattr(Pipeline, "_record", real_record)
     spool.requeue(spool_id)
     daemon.daemon.runner.wake()
     wait_for(lambda: processed(spool_id), what="processing after requeue")

@@ -1,0 +1,196 @@
+"""SMTP ingest: eleads (durable spool + runner) against a null aiosmtpd handler.
+
+    .venv/bin/python benchmarks/smtp_ingest.py [--messages 3000] [--connections 32] [--rounds 3]
+
+Both servers run as separate processes on 127.0.0.1 and get the same load from one
+asyncio client (persistent connections, one transaction after another on each). Rounds
+alternate null/eleads so that machine noise hits both; the medians are reported with
+their ratio. eleads runs its real daemon: every 250 is sent after the message is fsynced,
+and the spool runner parses and stores each message in the same process meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+NULL_SERVER = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+class Null:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(lambda: SMTP(Null(), loop=loop, enable_SMTPUTF8=True,
+                             decode_data=False), "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def message(n: int) -> bytes:
+    body = (
+        f"From: Website <forms@bench.example>\r\nTo: leads@demo.example\r\n"
+        f"Subject: New contact form submission {n}\r\nMessage-ID: <bench-{n}-{time.time_ns()}@bench.example>\r\n"
+        f"Date: Mon, 23 Nov 2026 10:15:00 -0500\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"First Name: Bench\r\nLast Name: Person{n}\r\nEmail: bench{n}@example.org\r\n"
+        f"Phone: (614) 555-01{n % 100:02d}\r\nComments: {'lorem ipsum dolor sit amet ' * 3}\r\n" + "consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore\r\n" * 30
+    )
+    return body.encode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+async def _expect(reader: asyncio.StreamReader, code: bytes) -> None:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("server closed the connection")
+        if line[3:4] != b"-":
+            if not line.startswith(code):
+                raise RuntimeError(f"unexpected reply: {line!r}")
+            return
+
+
+async def _connection(port: int, jobs: asyncio.Queue[int], latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await _expect(reader, b"220")
+    writer.write(b"EHLO bench.example\r\n")
+    await _expect(reader, b"250")
+    while True:
+        try:
+            n = jobs.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        data = message(n).replace(b"\r\n.", b"\r\n..")
+        start = time.perf_counter()
+        writer.write(b"MAIL FROM:<forms@bench.example>\r\n")
+        await _expect(reader, b"250")
+        writer.write(b"RCPT TO:<leads@demo.example>\r\n")
+        await _expect(reader, b"250")
+        writer.write(b"DATA\r\n")
+        await _expect(reader, b"354")
+        writer.write(data + b"\r\n.\r\n")
+        await _expect(reader, b"250")
+        latencies.append(time.perf_counter() - start)
+    writer.write(b"QUIT\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def load(port: int, messages: int, connections: int) -> tuple[float, list[float]]:
+    jobs: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(messages):
+        jobs.put_nowait(n)
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(_connection(port, jobs, latencies) for _ in range(connections)))
+    return time.perf_counter() - start, latencies
+
+
+def start_null() -> tuple[subprocess.Popen[bytes], int, Path | None]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", NULL_SERVER, str(port)])
+    wait_listening(port, proc)
+    return proc, port, None
+
+
+def start_eleads() -> tuple[subprocess.Popen[bytes], int, Path | None]:
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="eleads-bench-"))
+    config = tmp / "config.yaml"
+    config.write_text(
+        f"data_dir: {tmp / 'var'}\nrules_dir: {REPO / 'rules'}\nlogging: {{level: warning}}\n"
+        f"smtp: {{host: 127.0.0.1, port: {port}}}\naccounts:\n  - id: demo\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)],
+                            cwd=REPO)
+    wait_listening(port, proc)
+    return proc, port, tmp
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def run_round(kind: str, messages: int, connections: int) -> tuple[float, float, float]:
+    proc, port, tmp = start_null() if kind == "null" else start_eleads()
+    try:
+        elapsed, latencies = asyncio.run(load(port, messages, connections))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return messages / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    print(f"load: {args.messages} messages of {len(message(0))} bytes over "
+          f"{args.connections} connections, {args.rounds} rounds each, alternating")
+    results: dict[str, list[tuple[float, float, float]]] = {"null": [], "eleads": []}
+    for round_no in range(args.rounds):
+        for kind in ("null", "eleads"):
+            rate, p50, p99 = run_round(kind, args.messages, args.connections)
+            results[kind].append((rate, p50, p99))
+            print(f"  round {round_no + 1} {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  "
+                  f"p99 {p99:6.1f} ms")
+    medians = {k: tuple(statistics.median(r[i] for r in v) for i in range(3))
+               for k, v in results.items()}
+    for kind, (rate, p50, p99) in medians.items():
+        print(f"median {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+    ratio = medians["eleads"][0] / medians["null"][0]
+    print(f"eleads / null accepted rate: {ratio:.0%} (target >= 50%)")
+
+
+if __name__ == "__main__":
+    main()

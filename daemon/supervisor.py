@@ -1,0 +1,74 @@
+"""Keeps the spool worker process (daemon/worker.py) running and awake.
+
+The worker is restarted with backoff when it dies; on stop, its stdin is closed so it
+finishes its batch and exits, and it is killed only after the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+
+from daemon.config import ENV_DATA_DIR, Settings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSupervisor:
+    def __init__(self, settings: Settings, *, nice: int = 5) -> None:
+        self.settings = settings
+        self.nice = nice
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._wanted_wakeup = False
+        self.restarts = 0
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        args = [sys.executable, "-m", "daemon.worker", "--nice", str(self.nice)]
+        if self.settings.source is not None:
+            args += ["--config", str(self.settings.source)]
+        env = {**os.environ, ENV_DATA_DIR: str(self.settings.data_dir)}
+        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE,
+                                                    env=env)
+        log.info("event=worker_spawned pid=%d", proc.pid)
+        return proc
+
+    def wake(self) -> None:
+        """Tell the worker that messages are waiting (never blocks the loop)."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            return
+        transport = proc.stdin.transport
+        if transport.get_write_buffer_size() == 0:  # a wake-up already pending is enough
+            proc.stdin.write(b"!")
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            self._proc = await self._spawn()
+            self.wake()  # whatever is queued already
+            code = await self._proc.wait()
+            if self._stopping:
+                break
+            self.restarts += 1
+            log.error("event=worker_died code=%s restart_in=%.0fs", code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=timeout)
+        except TimeoutError:
+            log.error("event=worker_kill pid=%d reason=stop timeout", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()

@@ -1,0 +1,95 @@
+"""The spool worker process: drains the spool through the pipeline, beside the listeners.
+
+Python runs one thread at a time per process, so parsing in the listener process would
+slow every SMTP session down. ``eleads serve`` therefore starts this module as a child
+process (``python -m daemon.worker``) at a lower CPU priority: under a burst the
+listeners keep accepting at full speed and the worker catches up from the durable spool.
+
+The parent writes one byte to the worker's stdin whenever new messages are durable (a
+wake-up); end of file on stdin means the parent is gone (or stopping), and the worker
+finishes the batch it holds and exits. SIGTERM does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import signal
+import sys
+from types import FrameType
+
+from daemon.config import load_settings
+from daemon.errors import EleadsError
+from daemon.logs import setup_logging
+from daemon.runner import process_or_defer_batch
+from daemon.runtime import open_runtime
+
+log = logging.getLogger("daemon.worker")
+
+BATCH = 32
+IDLE_WAIT = 5.0
+
+
+class _Stop:
+    requested = False
+
+
+def _wait_for_wakeup(timeout: float) -> bool:
+    """Block until the parent writes or the timeout passes; False once stdin hit EOF."""
+    ready, _, _ = select.select([sys.stdin.fileno()], [], [], timeout)
+    if ready:
+        data = os.read(sys.stdin.fileno(), 4096)
+        if not data:
+            return False
+    return True
+
+
+def run(config: str | None, *, nice: int) -> int:
+    settings = load_settings(config)
+    setup_logging(settings.logging.level)
+    if nice:
+        os.nice(nice)
+    stop = _Stop()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.requested = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent; it stops us
+    runtime = open_runtime(settings)
+    log.info("event=worker_started pid=%d nice=%d", os.getpid(), nice)
+    try:
+        while not stop.requested:
+            entries = runtime.spool.claim_due(BATCH)
+            if entries:
+                process_or_defer_batch(runtime.pipeline, runtime.spool, entries)
+                # Between batches, notice a parent that stopped: leave the rest queued.
+                if not _wait_for_wakeup(0):
+                    break
+                continue
+            due = runtime.spool.next_due_in()
+            timeout = IDLE_WAIT if due is None else min(IDLE_WAIT, max(due, 0.05))
+            if not _wait_for_wakeup(timeout):
+                break
+    finally:
+        runtime.close()
+        log.info("event=worker_stopped pid=%d", os.getpid())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m daemon.worker")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--nice", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        return run(args.config, nice=args.nice)
+    except EleadsError as exc:
+        print(f"eleads worker: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

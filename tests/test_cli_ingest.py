@@ -1,0 +1,101 @@
+"""`eleads ingest` / `list` / `show` / `spool` as a user runs them: subprocesses, exit codes, JSON."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .mail import lead_bytes
+
+ELEADS = [sys.executable, "-m", "daemon.cli"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ELEADS, *args], capture_output=True, text=True, timeout=120)
+
+
+def ingest(config: Path, *paths: Path, extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    out = cli("ingest", *map(str, paths), "--config", str(config), "--json", *extra)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_ingest_files_folders_mbox_and_maildir(make_config: Any, tmp_path: Path) -> None:
+    config = make_config()
+    single = tmp_path / "one.eml"
+    single.write_bytes(lead_bytes(1))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for n in (2, 3):
+        (folder / f"lead{n}.eml").write_bytes(lead_bytes(n))
+    box = mailbox.mbox(str(tmp_path / "leads.mbox"))
+    for n in (4, 5):
+        box.add(lead_bytes(n))
+    box.close()
+    maildir = mailbox.Maildir(str(tmp_path / "Maildir"))
+    maildir.add(lead_bytes(6))
+    lines = ingest(config, single, folder, tmp_path / "leads.mbox", tmp_path / "Maildir")
+    assert len(lines) == 6
+    for line in lines:
+        assert set(line) == {"message_id", "outcome", "elead", "prospect", "detail"}
+        assert line["outcome"] == "received" and line["elead"].startswith("E-")
+    assert sorted(line["message_id"] for line in lines) == [
+        f"form-{n:06d}@acme-roofing.example" for n in range(1, 7)]
+    # Delivered again: every one is a duplicate, pointing at the same eLead.
+    again = ingest(config, single)
+    assert again[0]["outcome"] == "duplicate" and again[0]["elead"] == lines[0]["elead"]
+    listed = json.loads(cli("list", "--config", str(config), "--json").stdout)
+    assert len(listed) == 6
+    assert set(listed[0]) == {"id", "state", "message_id", "account", "prospect", "received_at"}
+    assert {row["state"] for row in listed} == {"received"}
+    shown = json.loads(cli("show", lines[0]["elead"], "--config", str(config), "--json").stdout)
+    assert shown["lead"]["email"] == "person1@example.org"
+    assert shown["account"] == "demo"
+
+
+def test_ingest_non_leads_are_dropped_but_kept(make_config: Any, tmp_path: Path) -> None:
+    config = make_config()
+    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: leads@demo.example\r\n"
+           b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <b1@mx.example.net>\r\n"
+           b"Auto-Submitted: auto-replied\r\n\r\nThis is the mail system. I'm sorry...\r\n")
+    (tmp_path / "bounce.eml").write_bytes(raw)
+    (line,) = ingest(config, tmp_path / "bounce.eml")
+    assert line["outcome"] == "dropped" and line["elead"] is None
+    archived = list((tmp_path / "var" / "messages").rglob("*.msg"))
+    assert len(archived) == 1 and archived[0].read_bytes().endswith(raw)
+
+
+def test_ingest_force_account_and_errors(make_config: Any, tmp_path: Path) -> None:
+    config = make_config({"accounts": [{"id": "roof", "inbound_addresses": ["a@roof.example"]},
+                                       {"id": "cars", "inbound_addresses": ["b@cars.example"]}]})
+    (tmp_path / "x.eml").write_bytes(lead_bytes(9))  # To: leads@demo.example routes nowhere
+    (line,) = ingest(config, tmp_path / "x.eml")
+    assert line["outcome"] == "failed" and "no configured account" in line["detail"]
+    (tmp_path / "y.eml").write_bytes(lead_bytes(10))
+    (line,) = ingest(config, tmp_path / "y.eml", extra=("--account", "cars"))
+    assert line["outcome"] == "received"
+    shown = json.loads(cli("show", line["elead"], "--config", str(config), "--json").stdout)
+    assert shown["account"] == "cars"
+    out = cli("ingest", str(tmp_path / "y.eml"), "--config", str(config), "--account", "nope")
+    assert out.returncode == 2 and "unknown account" in out.stderr
+    out = cli("ingest", str(tmp_path / "missing.eml"), "--config", str(config))
+    assert out.returncode == 2 and "no such file" in out.stderr and "Traceback" not in out.stderr
+    out = cli("show", "E-999", "--config", str(config))
+    assert out.returncode == 2 and "no eLead E-999" in out.stderr
+    out = cli("show", "banana", "--config", str(config))
+    assert out.returncode == 2 and "not an eLead id" in out.stderr
+
+
+def test_spool_commands(make_config: Any) -> None:
+    config = make_config()
+    out = cli("spool", "status", "--config", str(config), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"queue": 0, "active": 0, "failed": 0}
+    out = cli("spool", "requeue", "nope", "--config", str(config))
+    assert out.returncode == 2 and "no failed message" in out.stderr
+    out = cli("spool", "requeue", "--config", str(config))
+    assert out.returncode == 2 and "--all" in out.stderr

@@ -1,0 +1,59 @@
+"""Database set-up: pragmas, fresh creation, and the numbered migration runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import peewee as pw
+import pytest
+
+from daemon import db as db_module
+from daemon.db import migrate, open_database
+from daemon.db.migrations import Migration, discover
+
+
+def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'e.db'}")
+    assert db.execute_sql("pragma journal_mode").fetchone()[0] == "wal"
+    assert db.execute_sql("pragma synchronous").fetchone()[0] == 2  # FULL
+    assert db.execute_sql("pragma foreign_keys").fetchone()[0] == 1
+    assert {"account", "prospect", "elead", "lead_source", "notification", "audit_event",
+            "inbound_message", "schema_migrations"} <= set(db.get_tables())
+    db.close()
+
+
+def test_migrations_apply_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'e.db'}")
+    newest = discover()[-1].version
+    applied: list[int] = []
+
+    def add_column(database: pw.Database, migrator: object) -> None:
+        applied.append(newest + 1)
+        database.execute_sql("ALTER TABLE prospect ADD COLUMN nickname TEXT")
+
+    extra = Migration(newest + 1, "add_nickname", add_column)
+    monkeypatch.setattr(db_module, "discover", lambda: [*discover(), extra])
+    assert migrate(db) == newest + 1
+    assert migrate(db) == newest + 1  # second run: nothing to do
+    assert applied == [newest + 1]
+    columns = {c.name for c in db.get_columns("prospect")}
+    assert "nickname" in columns
+    db.close()
+
+
+def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = open_database(f"sqlite:///{tmp_path / 'e.db'}")
+    newest = discover()[-1].version
+
+    def broken(database: pw.Database, migrator: object) -> None:
+        database.execute_sql("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("migration bug")
+
+    monkeypatch.setattr(db_module, "discover",
+                        lambda: [*discover(), Migration(newest + 1, "broken", broken)])
+    with pytest.raises(RuntimeError):
+        migrate(db)
+    assert "half_done" not in db.get_tables()
+    assert db_module.SchemaMigration.select(pw.fn.MAX(db_module.SchemaMigration.version)
+                                            ).scalar() == newest
+    db.close()
