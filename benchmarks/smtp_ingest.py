@@ -45,10 +45,13 @@ asyncio.run(main())
 def message(n: int) -> bytes:
     body = (
         f"From: Website <forms@bench.example>\r\nTo: leads@demo.example\r\n"
-        f"Subject: New contact form submission {n}\r\nMessage-ID: <bench-{n}-{time.time_ns()}@bench.example>\r\n"
+        f"Subject: New contact form submission {n}\r\n"
+        f"Message-ID: <bench-{n}-{time.time_ns()}@bench.example>\r\n"
         f"Date: Mon, 23 Nov 2026 10:15:00 -0500\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         f"First Name: Bench\r\nLast Name: Person{n}\r\nEmail: bench{n}@example.org\r\n"
-        f"Phone: (614) 555-01{n % 100:02d}\r\nComments: {'lorem ipsum dolor sit amet ' * 3}\r\n" + "consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore\r\n" * 30
+        f"Phone: (614) 555-01{n % 100:02d}\r\nComments: {'lorem ipsum dolor sit amet ' * 3}\r\n"
+        + "consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore\r\n"
+        * 30
     )
     return body.encode()
 
@@ -133,8 +136,9 @@ def start_eleads() -> tuple[subprocess.Popen[bytes], int, Path | None]:
         f"data_dir: {tmp / 'var'}\nrules_dir: {REPO / 'rules'}\nlogging: {{level: warning}}\n"
         f"smtp: {{host: 127.0.0.1, port: {port}}}\naccounts:\n  - id: demo\n"
     )
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)],
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)], cwd=REPO
+    )
     wait_listening(port, proc)
     return proc, port, tmp
 
@@ -175,17 +179,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"load: {args.messages} messages of {len(message(0))} bytes over "
-          f"{args.connections} connections, {args.rounds} rounds each, alternating")
+    print(
+        f"load: {args.messages} messages of {len(message(0))} bytes over "
+        f"{args.connections} connections, {args.rounds} rounds each, alternating"
+    )
     results: dict[str, list[tuple[float, float, float]]] = {"null": [], "eleads": []}
     for round_no in range(args.rounds):
         for kind in ("null", "eleads"):
             rate, p50, p99 = run_round(kind, args.messages, args.connections)
             results[kind].append((rate, p50, p99))
-            print(f"  round {round_no + 1} {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  "
-                  f"p99 {p99:6.1f} ms")
-    medians = {k: tuple(statistics.median(r[i] for r in v) for i in range(3))
-               for k, v in results.items()}
+            print(
+                f"  round {round_no + 1} {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  "
+                f"p99 {p99:6.1f} ms"
+            )
+    medians = {
+        k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in results.items()
+    }
     for kind, (rate, p50, p99) in medians.items():
         print(f"median {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
     ratio = medians["eleads"][0] / medians["null"][0]

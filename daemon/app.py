@@ -4,7 +4,8 @@ Start order: data-dir lock, database (migrated), spool recovery (claimed-but-unf
 messages go back to the queue), the spool runner, then the listeners (SMTP, IMAP). Stop
 order is the reverse, and the worker finishes the batch it holds before it exits. The
 spool worker is a child process by default (daemon/worker.py, supervised by
-daemon/supervisor.py), or a thread of this process with ``spool.worker: thread``. SIGTERM/SIGINT stop the daemon; exit status 0.
+daemon/supervisor.py), or a thread of this process with ``spool.worker: thread``.
+SIGTERM/SIGINT stop the daemon; exit status 0.
 """
 
 from __future__ import annotations
@@ -49,16 +50,16 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self.supervisor.run(), name="worker"))
         else:
             self.db_thread = DBThread(runtime.db)
-            self.runner = SpoolRunner(spool=runtime.spool, pipeline=runtime.pipeline,
-                                      db_thread=self.db_thread)
+            self.runner = SpoolRunner(
+                spool=runtime.spool, pipeline=runtime.pipeline, db_thread=self.db_thread
+            )
             self._tasks.append(asyncio.create_task(self.runner.run(), name="spool-runner"))
         if self.settings.smtp.enabled:
             self._servers.append(
                 await start_smtp_server(settings=self.settings, spool=runtime.spool)
             )
         self._start_imap(runtime)
-        log.info("event=daemon_started data_dir=%s recovered=%d", self.settings.data_dir,
-                 recovered)
+        log.info("event=daemon_started data_dir=%s recovered=%d", self.settings.data_dir, recovered)
 
     def _start_imap(self, runtime: Runtime) -> None:
         if not self.settings.imap.mailboxes:
@@ -67,7 +68,8 @@ class Daemon:
 
         for mailbox in self.settings.imap.mailboxes:
             poller = IMAPPoller(
-                mailbox=mailbox, spool=runtime.spool,
+                mailbox=mailbox,
+                spool=runtime.spool,
                 state_dir=self.settings.data_dir / "imap",
                 reconnect_min=self.settings.imap.reconnect_min,
                 reconnect_max=self.settings.imap.reconnect_max,

@@ -51,7 +51,7 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
             fail(f"I/O error{where}: {exc.strerror or exc}")
         except KeyboardInterrupt:
             fail("interrupted", 130)
-        except Exception as exc:  # noqa: BLE001 - no traceback for the user
+        except Exception as exc:
             log.debug("internal error", exc_info=True)
             fail(f"internal error: {type(exc).__name__}: {exc}", 1)
         raise AssertionError("unreachable")
@@ -64,7 +64,10 @@ def emit(data: Any) -> None:
 
 
 config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="config.yaml to use (default: $ELEADS_CONFIG, then ./config.yaml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -125,8 +128,11 @@ def parse(eml: Path, config_file: Path | None, as_json: bool, account: str | Non
         settings = None  # parse works without a config: US defaults, shipped rules
     account_settings = None
     if settings is not None:
-        account_settings = settings.account(account) if account else (
-            settings.accounts[0] if len(settings.accounts) == 1 else None)
+        account_settings = (
+            settings.account(account)
+            if account
+            else (settings.accounts[0] if len(settings.accounts) == 1 else None)
+        )
     ctx = ParseContext(
         default_region=account_settings.country if account_settings else "US",
         account=account_settings.id if account_settings else account,
@@ -152,14 +158,14 @@ def _print_parse(data: dict[str, Any]) -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True,
-                type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @config_option
 @json_option
 @click.option("--account", default=None, help="Force every message to this account.")
 @guarded
-def ingest(paths: tuple[Path, ...], config_file: Path | None, as_json: bool,
-           account: str | None) -> None:
+def ingest(
+    paths: tuple[Path, ...], config_file: Path | None, as_json: bool, account: str | None
+) -> None:
     """Run .eml files, folders, mbox files or Maildirs through the pipeline."""
     from daemon.services import ingest_messages
 
@@ -187,12 +193,16 @@ def ingest(paths: tuple[Path, ...], config_file: Path | None, as_json: bool,
 @main.command("list")
 @config_option
 @json_option
-@click.option("--state", type=click.Choice(
-    ["received", "converted", "unconverted", "failed_parse", "ignored"]), default=None)
+@click.option(
+    "--state",
+    type=click.Choice(["received", "converted", "unconverted", "failed_parse", "ignored"]),
+    default=None,
+)
 @click.option("--account", default=None)
 @guarded
-def list_eleads(config_file: Path | None, as_json: bool, state: str | None,
-                account: str | None) -> None:
+def list_eleads(
+    config_file: Path | None, as_json: bool, state: str | None, account: str | None
+) -> None:
     """List eLeads, newest first."""
     from daemon.services import list_eleads as query
 
@@ -201,8 +211,10 @@ def list_eleads(config_file: Path | None, as_json: bool, state: str | None,
         emit(rows)
         return
     for row in rows:
-        click.echo(f"{row['id']:>8}  {row['state']:13} {row['account'] or '-':10} "
-                   f"{row['prospect'] or '-':8} {row['received_at']}  {row['message_id'] or ''}")
+        click.echo(
+            f"{row['id']:>8}  {row['state']:13} {row['account'] or '-':10} "
+            f"{row['prospect'] or '-':8} {row['received_at']}  {row['message_id'] or ''}"
+        )
 
 
 @main.command()
@@ -265,8 +277,7 @@ def spool_failed(config_file: Path | None, as_json: bool) -> None:
 @click.option("--all", "requeue_all", is_flag=True, help="Re-queue every failed message.")
 @config_option
 @guarded
-def spool_requeue(spool_ids: tuple[str, ...], requeue_all: bool,
-                  config_file: Path | None) -> None:
+def spool_requeue(spool_ids: tuple[str, ...], requeue_all: bool, config_file: Path | None) -> None:
     """Give failed messages a fresh set of attempts (the daemon or `ingest` runs them)."""
     from daemon.services import requeue_failed
 

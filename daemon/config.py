@@ -52,8 +52,8 @@ def _check_routes(values: list[str]) -> list[str]:
     return out
 
 
-Addresses = Annotated[list[str], AfterValidator(_check_addresses), Field(default_factory=list)]
-Routes = Annotated[list[str], AfterValidator(_check_routes), Field(default_factory=list)]
+Addresses = Annotated[list[str], AfterValidator(_check_addresses)]
+Routes = Annotated[list[str], AfterValidator(_check_routes)]
 
 
 class TLSSettings(_Model):
@@ -164,19 +164,17 @@ class OutboundSettings(_Model):
 
 
 class NotificationAddresses(_Model):
-    received: Addresses
-    appointment: Addresses
-    conversion_issue: Addresses
-    return_lead: Addresses
-
+    received: Addresses = Field(default_factory=list)
+    appointment: Addresses = Field(default_factory=list)
+    conversion_issue: Addresses = Field(default_factory=list)
+    return_lead: Addresses = Field(default_factory=list)
 
 
 class LocationSettings(_Model):
     key: str = Field(pattern=_KEY.pattern)
     name: str | None = None
-    inbound_addresses: Routes
-    return_lead_alerts: Addresses
-
+    inbound_addresses: Routes = Field(default_factory=list)
+    return_lead_alerts: Addresses = Field(default_factory=list)
 
 
 class AccountSettings(_Model):
@@ -184,11 +182,10 @@ class AccountSettings(_Model):
     name: str | None = None
     country: str = Field(default="US", pattern=r"^[A-Z]{2}$")
     #: Recipients that route to this account: addresses or @domain.
-    inbound_addresses: Routes
+    inbound_addresses: Routes = Field(default_factory=list)
     locations: list[LocationSettings] = Field(default_factory=list)
     notifications: NotificationAddresses = Field(default_factory=NotificationAddresses)
-    authorised_senders: Addresses
-
+    authorised_senders: Addresses = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_locations(self) -> AccountSettings:
@@ -301,9 +298,7 @@ def parse_settings(data: Any, *, source: Path) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            f"{name}: {_format_location(err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        problems = [f"{name}: {_format_location(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ConfigError(problems[0], problems) from None
     base = source.resolve().parent
     data_dir = os.environ.get(ENV_DATA_DIR)

@@ -15,21 +15,22 @@ already made (3) or the row already committed (1) and finishes without doubling 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Settings
 import peewee as pw
 
+from daemon.config import Settings
 from daemon.db.models import AuditEvent, ELead, InboundMessage, database_proxy
 from daemon.parse import parse_message
 from daemon.parse.model import ParseContext, ParseResult
@@ -115,7 +116,8 @@ def dedupe_key(raw: bytes) -> str:
         digest.update(b"mid:" + message_id.lower().encode())
     else:
         kept = [
-            line for line in head.split(b"\n")
+            line
+            for line in head.split(b"\n")
             if not re.match(rb"(?i)(received|return-path|delivered-to|x-original-to)\s*:", line)
         ]
         digest.update(b"head:" + b"\n".join(kept))
@@ -131,15 +133,20 @@ class Pipeline:
         self.spool = spool
         self.rules = rules
 
-    def _archive(self, entry: SpoolEntry) -> Path:
+    def _archive(self, entry: SpoolEntry, *, repair: bool = False) -> Path:
         day = datetime.now(UTC)
         folder = self.settings.messages_dir / f"{day:%Y}" / f"{day:%m}"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{entry.id}.msg"
-        try:
+        # On a retry after a crash the link from the first attempt is already there.
+        with contextlib.suppress(FileExistsError):
             os.link(entry.path, target)
-        except FileExistsError:
-            pass  # a retry after a crash: the link from the first attempt is there
+        if repair and target.stat().st_size != entry.path.stat().st_size:
+            tmp = target.with_suffix(".repair")
+            tmp.unlink(missing_ok=True)
+            os.link(entry.path, tmp)
+            os.replace(tmp, target)
+            log.warning("event=archive_repaired spool_id=%s", entry.id)
         return target
 
     def _account_for(self, envelope: Envelope) -> tuple[str | None, str | None]:
@@ -197,8 +204,14 @@ class Pipeline:
                 self.spool.complete(entry)
                 log.info(
                     "event=message_processed spool_id=%s message_id=%s listener=%s "
-                    "outcome=%s elead=%s detail=%s", entry.id, outcome.message_id,
-                    entry.envelope.listener, outcome.outcome, outcome.elead, outcome.detail)
+                    "outcome=%s elead=%s detail=%s",
+                    entry.id,
+                    outcome.message_id,
+                    entry.envelope.listener,
+                    outcome.outcome,
+                    outcome.elead,
+                    outcome.detail,
+                )
         return [results[entry.id] for entry in entries]
 
     def _prepare(self, entry: SpoolEntry) -> _Prepared | Outcome:
@@ -207,6 +220,8 @@ class Pipeline:
         key = dedupe_key(raw)
         existing = InboundMessage.get_or_none(InboundMessage.dedupe_key == key)
         if existing is not None:
+            if existing.spool_id == entry.id:
+                self._archive(entry, repair=True)  # replayed after a crash: check the copy
             return self._repeat_outcome(existing, entry)
         account_id, location = self._account_for(entry.envelope)
         if account_id is None:
@@ -240,12 +255,27 @@ class Pipeline:
         elead = existing.eleads.first()
         elead_id = elead.public_id if elead else None
         if existing.spool_id == entry.id:  # our own retry after a crash past the commit
-            return Outcome(existing.message_id, existing.outcome, elead_id,
-                           detail=existing.detail or "", spool_id=entry.id)
-        log.info("event=duplicate spool_id=%s message_id=%s elead=%s first_spool_id=%s",
-                 entry.id, existing.message_id, elead_id, existing.spool_id)
-        return Outcome(existing.message_id, "duplicate", elead_id,
-                       detail=f"already received as spool {existing.spool_id}", spool_id=entry.id)
+            return Outcome(
+                existing.message_id,
+                existing.outcome,
+                elead_id,
+                detail=existing.detail or "",
+                spool_id=entry.id,
+            )
+        log.info(
+            "event=duplicate spool_id=%s message_id=%s elead=%s first_spool_id=%s",
+            entry.id,
+            existing.message_id,
+            elead_id,
+            existing.spool_id,
+        )
+        return Outcome(
+            existing.message_id,
+            "duplicate",
+            elead_id,
+            detail=f"already received as spool {existing.spool_id}",
+            spool_id=entry.id,
+        )
 
     def _record(self, item: _Prepared) -> Outcome:
         entry, result, account_id = item.entry, item.result, item.account_id
@@ -254,10 +284,18 @@ class Pipeline:
         # Accounts are synced from config at start: the id is a valid foreign key as is.
         account = account_id
         message = InboundMessage.create(
-            dedupe_key=item.key, spool_id=entry.id, message_id=result.message_id,
-            listener=envelope.listener, mail_from=envelope.mail_from,
-            rcpt_tos=list(envelope.rcpt_tos), account=account, raw_path=str(item.raw_path),
-            size=item.size, kind=result.kind, outcome=outcome, detail=detail,
+            dedupe_key=item.key,
+            spool_id=entry.id,
+            message_id=result.message_id,
+            listener=envelope.listener,
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            account=account,
+            raw_path=str(item.raw_path),
+            size=item.size,
+            kind=result.kind,
+            outcome=outcome,
+            detail=detail,
             received_at=_parse_time(envelope.received_at),
         )
         if result.kind != "lead":
@@ -265,16 +303,27 @@ class Pipeline:
         lead = dict(result.lead or {})
         state = "failed_parse" if outcome == "failed" else "received"
         elead = ELead.create(
-            account=account, message=message, message_id=result.message_id,
-            location=lead.get("location") or item.location, state=state, rule=result.rule,
-            parse=result.as_json(), problems=list(result.problems),
-            header_date=_naive_utc(result.date), received_at=message.received_at,
+            account=account,
+            message=message,
+            message_id=result.message_id,
+            location=lead.get("location") or item.location,
+            state=state,
+            rule=result.rule,
+            parse=result.as_json(),
+            problems=list(result.problems),
+            header_date=_naive_utc(result.date),
+            received_at=message.received_at,
         )
-        AuditEvent.create(actor=f"pipeline:{envelope.listener}", action=f"elead_{state}",
-                          account=account, elead=elead,
-                          detail={"rule": result.rule, "problems": list(result.problems)})
-        return Outcome(result.message_id, outcome, elead.public_id, detail=detail,
-                       spool_id=entry.id)
+        AuditEvent.create(
+            actor=f"pipeline:{envelope.listener}",
+            action=f"elead_{state}",
+            account=account,
+            elead=elead,
+            detail={"rule": result.rule, "problems": list(result.problems)},
+        )
+        return Outcome(
+            result.message_id, outcome, elead.public_id, detail=detail, spool_id=entry.id
+        )
 
 
 def _classify_outcome(result: ParseResult, account_id: str | None) -> tuple[str, str]:

@@ -27,15 +27,21 @@ def settle(spool: Spool, entry: SpoolEntry, result: Outcome | Exception) -> Outc
         spool.fail(entry, f"permanent: {result}")
         return Outcome(None, "failed", detail=f"moved to spool/failed: {result}", spool_id=entry.id)
     reason = f"{type(result).__name__}: {result}"
-    log.error("event=process_error spool_id=%s listener=%s error=%s", entry.id,
-              entry.envelope.listener, reason, exc_info=result)
+    log.error(
+        "event=process_error spool_id=%s listener=%s error=%s",
+        entry.id,
+        entry.envelope.listener,
+        reason,
+        exc_info=result,
+    )
     deferred = spool.defer(entry, reason)
     where = "queued for retry" if deferred else "moved to spool/failed"
     return Outcome(None, "failed", detail=f"{where}: {reason}", spool_id=entry.id)
 
 
-def process_or_defer_batch(pipeline: Pipeline, spool: Spool,
-                           entries: list[SpoolEntry]) -> list[Outcome]:
+def process_or_defer_batch(
+    pipeline: Pipeline, spool: Spool, entries: list[SpoolEntry]
+) -> list[Outcome]:
     """Process claimed entries; failures stay retryable. Never raises for one message."""
     try:
         results = pipeline.process_batch(entries)
@@ -49,8 +55,15 @@ def process_or_defer(pipeline: Pipeline, spool: Spool, entry: SpoolEntry) -> Out
 
 
 class SpoolRunner:
-    def __init__(self, *, spool: Spool, pipeline: Pipeline, db_thread: DBThread,
-                 batch: int = 32, idle_wait: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        pipeline: Pipeline,
+        db_thread: DBThread,
+        batch: int = 32,
+        idle_wait: float = 5.0,
+    ) -> None:
         self.spool = spool
         self.pipeline = pipeline
         self.db_thread = db_thread

@@ -28,11 +28,20 @@ def _wait_for_daemon(spool_id: str, timeout: float = HANDOVER_TIMEOUT) -> Outcom
         row = InboundMessage.get_or_none(InboundMessage.spool_id == spool_id)
         if row is not None:
             elead = row.eleads.first()
-            return Outcome(row.message_id, row.outcome, elead.public_id if elead else None,
-                           detail=row.detail or "", spool_id=spool_id)
+            return Outcome(
+                row.message_id,
+                row.outcome,
+                elead.public_id if elead else None,
+                detail=row.detail or "",
+                spool_id=spool_id,
+            )
         time.sleep(0.05)
-    return Outcome(None, "failed", detail="queued; the running daemon has not finished it yet",
-                   spool_id=spool_id)
+    return Outcome(
+        None,
+        "failed",
+        detail="queued; the running daemon has not finished it yet",
+        spool_id=spool_id,
+    )
 
 
 def ingest_messages(
@@ -51,8 +60,13 @@ def ingest_messages(
             entry = runtime.spool.put_sync(raw, envelope)
             claimed = runtime.spool.claim(entry.id)
             if claimed is None:
-                yield _wait_for_daemon(entry.id) if daemon_running else Outcome(
-                    None, "failed", detail="spooled, but claimed elsewhere", spool_id=entry.id)
+                yield (
+                    _wait_for_daemon(entry.id)
+                    if daemon_running
+                    else Outcome(
+                        None, "failed", detail="spooled, but claimed elsewhere", spool_id=entry.id
+                    )
+                )
                 continue
             yield process_or_defer(runtime.pipeline, runtime.spool, claimed)
     finally:
@@ -76,13 +90,14 @@ def _elead_row(elead: ELead) -> dict[str, Any]:
         "state": elead.state,
         "message_id": elead.message_id,
         "account": elead.account_id,
-        "prospect": elead.prospect.pid if elead.prospect_id else None,
+        "prospect": elead.prospect.pid if elead.prospect is not None else None,
         "received_at": elead.received_at.isoformat() if elead.received_at else None,
     }
 
 
-def list_eleads(settings: Settings, *, state: str | None = None,
-                account: str | None = None) -> list[dict[str, Any]]:
+def list_eleads(
+    settings: Settings, *, state: str | None = None, account: str | None = None
+) -> list[dict[str, Any]]:
     runtime = _with_runtime(settings)
     try:
         query = ELead.select().order_by(ELead.id.desc())
@@ -122,8 +137,9 @@ def spool_counts(settings: Settings) -> dict[str, int]:
     runtime = _with_runtime(settings)
     try:
         spool = runtime.spool
-        return {name: len(list(spool.dir(name).glob("*.msg")))
-                for name in ("queue", "active", "failed")}
+        return {
+            name: len(list(spool.dir(name).glob("*.msg"))) for name in ("queue", "active", "failed")
+        }
     finally:
         runtime.close()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -31,14 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from daemon import journal
 from daemon.errors import TransientError, UsageError
+from daemon.journal import JournalReader, JournalWriter, fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"ELEADS-SPOOL 1 "
-_SUBDIRS = ("tmp", "queue", "active", "state", "failed")
-#: Fsync rounds that may run at the same time (each is one batch of messages).
-COMMITS_IN_FLIGHT = 4
+_SUBDIRS = ("tmp", "queue", "active", "state", "failed", "journal")
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,19 @@ def new_spool_id() -> str:
     return f"{time.time_ns():016x}-{secrets.token_hex(6)}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _body(spool_id: str, raw: bytes, env: dict[str, Any]) -> bytes:
+    """The bytes of a .msg file; the envelope line also carries the id (for replay)."""
+    head = json.dumps({**env, "spool_id": spool_id}, ensure_ascii=False)
+    return MAGIC + head.encode() + b"\n" + raw
+
+
+def _record_id(body: bytes) -> str | None:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+        head = json.loads(body[len(MAGIC) : body.index(b"\n")])
+        return str(head["spool_id"])
+    except (ValueError, KeyError) as exc:
+        log.error("event=journal_record_unreadable error=%r", exc)
+        return None
 
 
 def read_spool_file(path: Path) -> tuple[Envelope, bytes]:
@@ -135,12 +137,13 @@ class Spool:
         self._dirs = {name: root / name for name in _SUBDIRS}
         for path in self._dirs.values():
             path.mkdir(parents=True, exist_ok=True)
-        self._pending: list[tuple[bytes, str, asyncio.Future[SpoolEntry]]] = []
+        self._pending: list[tuple[bytes, dict[str, Any], asyncio.Future[SpoolEntry]]] = []
         self._flush_task: asyncio.Task[None] | None = None
-        self._io = ThreadPoolExecutor(max_workers=COMMITS_IN_FLIGHT,
-                                      thread_name_prefix="eleads-spool")
-        self._in_flight = asyncio.Semaphore(COMMITS_IN_FLIGHT)
-        self._commits: set[asyncio.Task[None]] = set()
+        # Both journal ends are opened on first use: the writer by put() (the listener),
+        # the reader by claim_due() (the worker); CLI commands touch neither.
+        self._writer: JournalWriter | None = None
+        self._reader: JournalReader | None = None
+        self._journal_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eleads-journal")
         self._fsyncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eleads-fsync")
         self._listeners: list[Callable[[], None]] = []
 
@@ -157,7 +160,7 @@ class Spool:
         """Store durably; returns only once the message is on disk (group commit)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SpoolEntry] = loop.create_future()
-        self._pending.append((raw, json.dumps(envelope.to_json()), future))
+        self._pending.append((raw, envelope.to_json(), future))
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = loop.create_task(self._flush_soon())
         return await future
@@ -165,61 +168,94 @@ class Spool:
     async def _flush_soon(self) -> None:
         if self.group_commit_window:
             await asyncio.sleep(self.group_commit_window)
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        # Up to COMMITS_IN_FLIGHT rounds overlap: arrivals do not wait for the previous
-        # round's fsyncs to finish before their own round starts.
-        task = asyncio.get_running_loop().create_task(self._commit(batch))
-        self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
+        # Natural batching: whatever arrives during one journal append is the next batch.
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[bytes, str, asyncio.Future[SpoolEntry]]]) -> None:
-        items = [(raw, env) for raw, env, _ in batch]
-        async with self._in_flight:
-            try:
-                entries = await asyncio.get_running_loop().run_in_executor(
-                    self._io, self._commit_batch, items
-                )
-            except Exception as exc:  # noqa: BLE001 - every writer must hear about it
-                log.error("event=spool_write_failed count=%d error=%r", len(batch), exc)
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(TransientError(f"spool write failed: {exc}"))
-                return
-        for (_, _, fut), entry in zip(batch, entries, strict=True):
+    async def _commit(
+        self, batch: list[tuple[bytes, dict[str, Any], asyncio.Future[SpoolEntry]]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        items = [(new_spool_id(), raw, env) for raw, env, _ in batch]
+        bodies = [_body(spool_id, raw, env) for spool_id, raw, env in items]
+        try:
+            await loop.run_in_executor(self._journal_io, self._append, bodies)
+        except Exception as exc:  # noqa: BLE001 - every writer must hear about it
+            log.error("event=spool_write_failed count=%d error=%r", len(batch), exc)
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(TransientError(f"spool write failed: {exc}"))
+            return
+        for (spool_id, _, env), (_, _, fut) in zip(items, batch, strict=True):
             if not fut.done():
-                fut.set_result(entry)
+                fut.set_result(self._entry(spool_id, env))
         for callback in self._listeners:
             callback()
 
-    def put_sync(self, raw: bytes, envelope: Envelope) -> SpoolEntry:
-        """Blocking variant for the CLI (one message, one fsync round)."""
-        return self._commit_batch([(raw, json.dumps(envelope.to_json()))])[0]
+    def _append(self, bodies: list[bytes]) -> None:
+        if self._writer is None:
+            self._writer = JournalWriter(self._dirs["journal"])
+        self._writer.append(bodies)
 
-    def _commit_batch(self, items: list[tuple[bytes, str]]) -> list[SpoolEntry]:
+    def absorb_journal(self, limit: int = 256) -> int:
+        """Worker side: turn journal records into queue files (unless already there)."""
+        if self._reader is None:
+            self._reader = JournalReader(self._dirs["journal"])
+        if not self._reader.acquire():
+            return 0  # another worker process reads the journal
+        bodies = self._reader.read(limit)
+        pairs = []
+        for body in bodies:
+            spool_id = _record_id(body)
+            if spool_id is None:
+                continue
+            name = f"{spool_id}.msg"
+            if not any((self._dirs[d] / name).exists() for d in ("queue", "active", "failed")):
+                pairs.append((spool_id, body))
+        if pairs:
+            self._write_files(pairs, durable=False)
+        self._reader.advance()
+        return len(pairs)
+
+    def _entry(self, spool_id: str, env: dict[str, Any]) -> SpoolEntry:
+        return SpoolEntry(
+            id=spool_id,
+            path=self._dirs["queue"] / f"{spool_id}.msg",
+            envelope=Envelope.from_json(env),
+        )
+
+    def put_sync(self, raw: bytes, envelope: Envelope) -> SpoolEntry:
+        """Blocking variant for the CLI: one message, its own fsynced file."""
+        spool_id, env = new_spool_id(), envelope.to_json()
+        self._write_files([(spool_id, _body(spool_id, raw, env))])
+        return self._entry(spool_id, env)
+
+    def _write_files(self, pairs: list[tuple[str, bytes]], *, durable: bool = True) -> None:
+        """Write queue files. ``durable=False`` when the journal already holds the bytes:
+        a segment is only deleted after ``os.sync()`` (see journal.py), and files a crash
+        left short are repaired from the journal by ``recover``."""
         tmp, queue = self._dirs["tmp"], self._dirs["queue"]
         written: list[tuple[str, Path]] = []
         fds: list[int] = []
         try:
-            for raw, env_json in items:
-                spool_id = new_spool_id()
+            for spool_id, body in pairs:
                 path = tmp / f"{spool_id}.msg"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
                 fds.append(fd)
                 written.append((spool_id, path))
-                _write_all(fd, MAGIC + env_json.encode() + b"\n")
-                _write_all(fd, raw)
+                write_all(fd, body)
             # Concurrent fsyncs share journal commits (ext4/xfs): about 3x faster than
             # one after another for a batch of 32, and each file is still fsynced itself.
-            if len(fds) > 1:
+            if durable and len(fds) > 1:
                 list(self._fsyncers.map(os.fsync, fds))
-            else:
+            elif durable:
                 for fd in fds:
                     os.fsync(fd)
             for spool_id, path in written:
                 os.rename(path, queue / f"{spool_id}.msg")
-            _fsync_dir(queue)
+            if durable:
+                fsync_dir(queue)
         except OSError:
             for _, path in written:
                 with contextlib.suppress(OSError):
@@ -228,23 +264,89 @@ class Spool:
         finally:
             for fd in fds:
                 os.close(fd)
-        return [
-            SpoolEntry(id=sid, path=queue / f"{sid}.msg", envelope=Envelope.from_json(json.loads(env)))
-            for (sid, _), (_, env) in zip(written, items, strict=True)
-        ]
 
     # -- claiming and finishing ---------------------------------------------------
 
+    def _replay_journal(self) -> int:
+        """Recreate (or repair) the queue file of every record still in the journal."""
+        where = {
+            p.stem: p
+            for name in ("queue", "active", "failed")
+            for p in self._dirs[name].glob("*.msg")
+        }
+        missing: list[tuple[str, bytes]] = []
+        repaired = 0
+        for body in journal.replay(self._dirs["journal"]):
+            spool_id = _record_id(body)
+            if spool_id is None:
+                continue
+            path = where.get(spool_id)
+            if path is None:
+                missing.append((spool_id, body))
+                where[spool_id] = self._dirs["queue"] / f"{spool_id}.msg"
+            elif path.exists() and path.read_bytes() != body:
+                # Written out without fsync and cut short by the crash: rewrite it.
+                self._rewrite(path, body)
+                repaired += 1
+        if missing:
+            self._write_files(missing)
+        if missing or repaired:
+            log.warning("event=journal_replayed missing=%d repaired=%d", len(missing), repaired)
+        journal.remove_all(self._dirs["journal"])
+        return len(missing) + repaired
+
+    def _rewrite(self, path: Path, body: bytes) -> None:
+        tmp = self._dirs["tmp"] / path.name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            write_all(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+
+    @contextlib.contextmanager
+    def worker_lock(self, *, exclusive: bool = False, timeout: float = 120.0) -> Iterator[None]:
+        """Workers hold this shared while they may own files in active/; ``recover`` takes
+        it exclusively, so a worker orphaned by a crashed daemon finishes its batch before
+        its claims are handed back to the queue."""
+        with (self.root / "workers.lock").open("a+") as fh:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TransientError("spool workers.lock: still held") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def recover(self) -> int:
-        """At start: return claimed-but-unfinished messages to the queue; clear tmp/."""
+        """At start: replay the journal, return claimed-but-unfinished messages to the
+        queue, clear tmp/. Returns how many messages were brought back."""
+        with self.worker_lock(exclusive=True):
+            return self._recover()
+
+    def _return_active(self) -> int:
         moved = 0
         for path in self._dirs["active"].glob("*.msg"):
             os.replace(path, self._dirs["queue"] / path.name)
             moved += 1
+        if moved:
+            fsync_dir(self._dirs["queue"])
+        return moved
+
+    def _recover(self) -> int:
+        moved = self._replay_journal() + self._return_active()
         for path in self._dirs["tmp"].iterdir():
             path.unlink(missing_ok=True)
         if moved:
-            _fsync_dir(self._dirs["queue"])
             log.info("event=spool_recovered count=%d", moved)
         return moved
 
@@ -280,10 +382,12 @@ class Spool:
         except (OSError, ValueError) as exc:
             self._move_to_failed(spool_id, dst, f"unreadable spool file: {exc}", 0)
             return None
-        return SpoolEntry(id=spool_id, path=dst, envelope=envelope,
-                          attempts=self._state(spool_id).attempts)
+        return SpoolEntry(
+            id=spool_id, path=dst, envelope=envelope, attempts=self._state(spool_id).attempts
+        )
 
     def claim_due(self, limit: int = 100) -> list[SpoolEntry]:
+        self.absorb_journal()
         now = self.clock()
         claimed: list[SpoolEntry] = []
         for spool_id in self.queued_ids():
@@ -318,9 +422,18 @@ class Spool:
             return False
         delay = min(self.retry_max, self.retry_base * 2 ** (attempts - 1))
         self._write_state(entry.id, RetryState(attempts, self.clock() + delay, reason))
-        os.replace(entry.path, self._dirs["queue"] / entry.path.name)
-        log.warning("event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
-                    entry.id, attempts, delay, reason)
+        try:
+            os.replace(entry.path, self._dirs["queue"] / entry.path.name)
+        except FileNotFoundError:
+            log.warning("event=spool_entry_gone spool_id=%s while=defer", entry.id)
+            return False
+        log.warning(
+            "event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
+            entry.id,
+            attempts,
+            delay,
+            reason,
+        )
         return True
 
     def fail(self, entry: SpoolEntry, reason: str) -> None:
@@ -328,13 +441,23 @@ class Spool:
 
     def _move_to_failed(self, spool_id: str, path: Path, reason: str, attempts: int) -> None:
         failed = self._dirs["failed"]
-        info = {"id": spool_id, "reason": reason, "attempts": attempts,
-                "failed_at": datetime.now(UTC).isoformat()}
+        info = {
+            "id": spool_id,
+            "reason": reason,
+            "attempts": attempts,
+            "failed_at": datetime.now(UTC).isoformat(),
+        }
+        try:
+            os.replace(path, failed / f"{spool_id}.msg")
+        except FileNotFoundError:
+            log.warning("event=spool_entry_gone spool_id=%s while=fail", spool_id)
+            return
         (failed / f"{spool_id}.json").write_text(json.dumps(info))
-        os.replace(path, failed / f"{spool_id}.msg")
-        _fsync_dir(failed)
+        fsync_dir(failed)
         (self._dirs["state"] / f"{spool_id}.json").unlink(missing_ok=True)
-        log.error("event=spool_failed spool_id=%s attempts=%d reason=%s", spool_id, attempts, reason)
+        log.error(
+            "event=spool_failed spool_id=%s attempts=%d reason=%s", spool_id, attempts, reason
+        )
 
     # -- the failed area ----------------------------------------------------------
 
@@ -349,8 +472,12 @@ class Spool:
                 envelope = read_spool_file(path)[0].to_json()
             except (OSError, ValueError):
                 envelope = {}
-            yield {**info, "listener": envelope.get("listener"),
-                   "mail_from": envelope.get("mail_from"), "received_at": envelope.get("received_at")}
+            yield {
+                **info,
+                "listener": envelope.get("listener"),
+                "mail_from": envelope.get("mail_from"),
+                "received_at": envelope.get("received_at"),
+            }
 
     def requeue(self, spool_id: str) -> None:
         """Give a failed message a fresh set of attempts."""
@@ -358,10 +485,19 @@ class Spool:
         if not src.exists():
             raise UsageError(f"no failed message with id {spool_id}")
         os.replace(src, self._dirs["queue"] / src.name)
-        _fsync_dir(self._dirs["queue"])
+        fsync_dir(self._dirs["queue"])
         (self._dirs["failed"] / f"{spool_id}.json").unlink(missing_ok=True)
         log.info("event=spool_requeued spool_id=%s", spool_id)
 
+    def recover_claims(self) -> int:
+        """A (re)started worker: hand back what a dead worker had claimed."""
+        with self.worker_lock(exclusive=True):
+            return self._return_active()
+
     def close(self) -> None:
-        self._io.shutdown(wait=True)
+        self._journal_io.shutdown(wait=True)
         self._fsyncers.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader is not None:
+            self._reader.release()

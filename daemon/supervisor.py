@@ -31,8 +31,7 @@ class WorkerSupervisor:
         if self.settings.source is not None:
             args += ["--config", str(self.settings.source)]
         env = {**os.environ, ENV_DATA_DIR: str(self.settings.data_dir)}
-        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE,
-                                                    env=env)
+        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE, env=env)
         log.info("event=worker_spawned pid=%d", proc.pid)
         return proc
 

@@ -24,7 +24,7 @@ from daemon.config import load_settings
 from daemon.errors import EleadsError
 from daemon.logs import setup_logging
 from daemon.runner import process_or_defer_batch
-from daemon.runtime import open_runtime
+from daemon.runtime import Runtime, open_runtime
 
 log = logging.getLogger("daemon.worker")
 
@@ -59,12 +59,26 @@ def run(config: str | None, *, nice: int) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent; it stops us
     runtime = open_runtime(settings)
-    log.info("event=worker_started pid=%d nice=%d", os.getpid(), nice)
+    recovered = runtime.spool.recover_claims()
+    log.info("event=worker_started pid=%d nice=%d recovered=%d", os.getpid(), nice, recovered)
+    try:
+        with runtime.spool.worker_lock():
+            _loop(runtime, stop)
+    finally:
+        runtime.close()
+        log.info("event=worker_stopped pid=%d", os.getpid())
+    return 0
+
+
+def _loop(runtime: Runtime, stop: _Stop) -> None:
     try:
         while not stop.requested:
             entries = runtime.spool.claim_due(BATCH)
             if entries:
-                process_or_defer_batch(runtime.pipeline, runtime.spool, entries)
+                try:
+                    process_or_defer_batch(runtime.pipeline, runtime.spool, entries)
+                except Exception:
+                    log.exception("event=worker_batch_error count=%d", len(entries))
                 # Between batches, notice a parent that stopped: leave the rest queued.
                 if not _wait_for_wakeup(0):
                     break
@@ -73,10 +87,8 @@ def run(config: str | None, *, nice: int) -> int:
             timeout = IDLE_WAIT if due is None else min(IDLE_WAIT, max(due, 0.05))
             if not _wait_for_wakeup(timeout):
                 break
-    finally:
-        runtime.close()
-        log.info("event=worker_stopped pid=%d", os.getpid())
-    return 0
+    except OSError as exc:
+        log.error("event=worker_io_error error=%r", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,7 @@ def lead_bytes(n: int, *, first: str = "Harriet", domain: str = "acme-roofing.ex
     ).encode()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
-             ) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

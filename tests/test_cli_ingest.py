@@ -1,4 +1,4 @@
-"""`eleads ingest` / `list` / `show` / `spool` as a user runs them: subprocesses, exit codes, JSON."""
+"""`eleads ingest`, `list`, `show`, `spool` as a user runs them: exit codes and JSON."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def test_ingest_files_folders_mbox_and_maildir(make_config: Any, tmp_path: Path)
         assert set(line) == {"message_id", "outcome", "elead", "prospect", "detail"}
         assert line["outcome"] == "received" and line["elead"].startswith("E-")
     assert sorted(line["message_id"] for line in lines) == [
-        f"form-{n:06d}@acme-roofing.example" for n in range(1, 7)]
+        f"form-{n:06d}@acme-roofing.example" for n in range(1, 7)
+    ]
     # Delivered again: every one is a duplicate, pointing at the same eLead.
     again = ingest(config, single)
     assert again[0]["outcome"] == "duplicate" and again[0]["elead"] == lines[0]["elead"]
@@ -60,9 +61,11 @@ def test_ingest_files_folders_mbox_and_maildir(make_config: Any, tmp_path: Path)
 
 def test_ingest_non_leads_are_dropped_but_kept(make_config: Any, tmp_path: Path) -> None:
     config = make_config()
-    raw = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: leads@demo.example\r\n"
-           b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <b1@mx.example.net>\r\n"
-           b"Auto-Submitted: auto-replied\r\n\r\nThis is the mail system. I'm sorry...\r\n")
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\r\nTo: leads@demo.example\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <b1@mx.example.net>\r\n"
+        b"Auto-Submitted: auto-replied\r\n\r\nThis is the mail system. I'm sorry...\r\n"
+    )
     (tmp_path / "bounce.eml").write_bytes(raw)
     (line,) = ingest(config, tmp_path / "bounce.eml")
     assert line["outcome"] == "dropped" and line["elead"] is None
@@ -71,8 +74,14 @@ def test_ingest_non_leads_are_dropped_but_kept(make_config: Any, tmp_path: Path)
 
 
 def test_ingest_force_account_and_errors(make_config: Any, tmp_path: Path) -> None:
-    config = make_config({"accounts": [{"id": "roof", "inbound_addresses": ["a@roof.example"]},
-                                       {"id": "cars", "inbound_addresses": ["b@cars.example"]}]})
+    config = make_config(
+        {
+            "accounts": [
+                {"id": "roof", "inbound_addresses": ["a@roof.example"]},
+                {"id": "cars", "inbound_addresses": ["b@cars.example"]},
+            ]
+        }
+    )
     (tmp_path / "x.eml").write_bytes(lead_bytes(9))  # To: leads@demo.example routes nowhere
     (line,) = ingest(config, tmp_path / "x.eml")
     assert line["outcome"] == "failed" and "no configured account" in line["detail"]

@@ -18,10 +18,12 @@ from .conftest import REPO
 ELEADS = [sys.executable, "-m", "daemon.cli"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ELEADS, *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=120)
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ELEADS, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_shipped_config_is_valid() -> None:
@@ -34,7 +36,10 @@ def test_shipped_config_is_valid() -> None:
     assert demo.notifications.received == ["sales@demo.example"]
     assert demo.location("north").return_lead_alerts == ["north@demo.example"]  # type: ignore[union-attr]
     assert set(demo.authorised_senders) == {
-        "sales@demo.example", "north@demo.example", "south@demo.example"}
+        "sales@demo.example",
+        "north@demo.example",
+        "south@demo.example",
+    }
     assert settings.data_dir == REPO / "var"
     assert settings.database_url.startswith("sqlite:///")
 
@@ -51,22 +56,26 @@ def test_check_config_cli_ok() -> None:
         ({"smtp": {"port": "twenty"}}, "smtp.port: Input should be a valid integer"),
         ({"smtp": {"colour": "blue"}}, "smtp.colour: Extra inputs are not permitted"),
         ({"accounts": [{"id": "a", "country": "usa"}]}, "accounts.0.country: String should match"),
-        ({"accounts": [{"id": "a", "authorised_senders": ["not-an-address"]}]},
-         "accounts.0.authorised_senders: Value error, not an email address"),
+        (
+            {"accounts": [{"id": "a", "authorised_senders": ["not-an-address"]}]},
+            "accounts.0.authorised_senders: Value error, not an email address",
+        ),
         ({"accounts": []}, "accounts: List should have at least 1 item"),
         ({"accounts": [{"id": "a"}, {"id": "a"}]}, "duplicate account ids: a"),
     ],
 )
-def test_invalid_config_reports_file_key_reason(tmp_path: Path, patch: dict[str, object],
-                                                expected: str) -> None:
+def test_invalid_config_reports_file_key_reason(
+    tmp_path: Path, patch: dict[str, object], expected: str
+) -> None:
     data = yaml.safe_load((REPO / "config.yaml").read_text())
     data.update(patch)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as info:
         load_settings(path)
-    assert any(p.startswith(f"{path}: ") and expected in p for p in info.value.problems), \
+    assert any(p.startswith(f"{path}: ") and expected in p for p in info.value.problems), (
         info.value.problems
+    )
     out = run_cli("check-config", "--config", str(path))
     assert out.returncode == 2
     assert expected in out.stderr
@@ -82,8 +91,9 @@ def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
     assert out.returncode == 2 and "no such file" in out.stderr
 
 
-def test_data_dir_env_overrides_and_config_env(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_dir_env_overrides_and_config_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ELEADS_DATA_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("ELEADS_CONFIG", str(REPO / "config.yaml"))
     settings = load_settings()
@@ -98,11 +108,20 @@ def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> Non
 
 def test_routing_refuses_unknown_recipients_with_several_accounts(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"accounts": [
-        {"id": "roof", "inbound_addresses": ["leads@roof.example"],
-         "locations": [{"key": "east", "inbound_addresses": ["east@roof.example"]}]},
-        {"id": "cars", "inbound_addresses": ["@cars.example"]},
-    ]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "accounts": [
+                    {
+                        "id": "roof",
+                        "inbound_addresses": ["leads@roof.example"],
+                        "locations": [{"key": "east", "inbound_addresses": ["east@roof.example"]}],
+                    },
+                    {"id": "cars", "inbound_addresses": ["@cars.example"]},
+                ]
+            }
+        )
+    )
     settings = load_settings(path)
     assert route_recipient(settings, "Leads+web@Roof.example").account == "roof"  # type: ignore[union-attr]
     east = route_recipient(settings, "east@roof.example")

@@ -17,8 +17,16 @@ def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:
     assert db.execute_sql("pragma journal_mode").fetchone()[0] == "wal"
     assert db.execute_sql("pragma synchronous").fetchone()[0] == 2  # FULL
     assert db.execute_sql("pragma foreign_keys").fetchone()[0] == 1
-    assert {"account", "prospect", "elead", "lead_source", "notification", "audit_event",
-            "inbound_message", "schema_migrations"} <= set(db.get_tables())
+    assert {
+        "account",
+        "prospect",
+        "elead",
+        "lead_source",
+        "notification",
+        "audit_event",
+        "inbound_message",
+        "schema_migrations",
+    } <= set(db.get_tables())
     db.close()
 
 
@@ -49,11 +57,14 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
         database.execute_sql("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(db_module, "discover",
-                        lambda: [*discover(), Migration(newest + 1, "broken", broken)])
+    monkeypatch.setattr(
+        db_module, "discover", lambda: [*discover(), Migration(newest + 1, "broken", broken)]
+    )
     with pytest.raises(RuntimeError):
         migrate(db)
     assert "half_done" not in db.get_tables()
-    assert db_module.SchemaMigration.select(pw.fn.MAX(db_module.SchemaMigration.version)
-                                            ).scalar() == newest
+    assert (
+        db_module.SchemaMigration.select(pw.fn.MAX(db_module.SchemaMigration.version)).scalar()
+        == newest
+    )
     db.close()

@@ -21,8 +21,11 @@ from .mail import lead_bytes, wait_for
 
 
 def start_serve(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+    )
 
     def listening() -> bool:
         assert proc.poll() is None, log.read_text()[-2000:]

@@ -20,8 +20,14 @@ from .mail import FIXTURES, counts, lead_bytes, processed, wait_for
 LEAD = (FIXTURES / "smtp" / "lead_simple.eml").read_bytes()
 
 
-def send(port: int, raw: bytes, *, rcpt: str = "leads@demo.example",
-         sender: str = "forms@acme-roofing.example", **kw: Any) -> str:
+def send(
+    port: int,
+    raw: bytes,
+    *,
+    rcpt: str = "leads@demo.example",
+    sender: str = "forms@acme-roofing.example",
+    **kw: Any,
+) -> str:
     """Send one message; return the spool id from the 250 reply."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("test.example")
@@ -39,8 +45,9 @@ def send(port: int, raw: bytes, *, rcpt: str = "leads@demo.example",
 
 
 @pytest.mark.parametrize("worker", ["thread", "process"])
-def test_accepted_lead_is_spooled_then_stored(make_config: Any, run_daemon: Any,
-                                              worker: str) -> None:
+def test_accepted_lead_is_spooled_then_stored(
+    make_config: Any, run_daemon: Any, worker: str
+) -> None:
     daemon = run_daemon(make_config({"spool": {"worker": worker}}))
     spool_id = send(daemon.smtp_port, LEAD)
     wait_for(lambda: processed(spool_id), what="processing")
@@ -55,12 +62,15 @@ def test_accepted_lead_is_spooled_then_stored(make_config: Any, run_daemon: Any,
     assert not list(daemon.daemon.runtime.spool.dir("queue").iterdir())
 
 
-def test_unknown_recipient_is_refused_550_never_relayed(make_config: Any,
-                                                         run_daemon: Any) -> None:
-    config = make_config({"accounts": [
-        {"id": "roof", "inbound_addresses": ["leads@roof.example"]},
-        {"id": "cars", "inbound_addresses": ["@cars.example"]},
-    ]})
+def test_unknown_recipient_is_refused_550_never_relayed(make_config: Any, run_daemon: Any) -> None:
+    config = make_config(
+        {
+            "accounts": [
+                {"id": "roof", "inbound_addresses": ["leads@roof.example"]},
+                {"id": "cars", "inbound_addresses": ["@cars.example"]},
+            ]
+        }
+    )
     daemon = run_daemon(config)
     with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
         send(daemon.smtp_port, LEAD, rcpt="victim@elsewhere.example")
@@ -80,24 +90,26 @@ def test_oversize_message_is_refused_552(make_config: Any, run_daemon: Any) -> N
         client.rcpt("leads@demo.example")
         code, _ = client.data(big)
     assert code == 552
-    with pytest.raises(smtplib.SMTPSenderRefused) as info, smtplib.SMTP(
-        "127.0.0.1", daemon.smtp_port, timeout=30
-    ) as client:
+    with (
+        pytest.raises(smtplib.SMTPSenderRefused) as info,
+        smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client,
+    ):
         client.sendmail("a@example.org", ["leads@demo.example"], big)  # sends SIZE=
     assert info.value.smtp_code == 552
     assert daemon.daemon.runtime.spool.queued_ids() == []
 
 
-def test_250_is_only_sent_after_the_spool_write(make_config: Any, run_daemon: Any,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_250_is_only_sent_after_the_spool_write(
+    make_config: Any, run_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = threading.Event()
-    real_commit = Spool._commit_batch
+    real_append = Spool._append
 
-    def slow_commit(self: Spool, items: Any) -> Any:
+    def slow_append(self: Spool, bodies: Any) -> Any:
         release.wait(10)
-        return real_commit(self, items)
+        return real_append(self, bodies)
 
-    monkeypatch.setattr(Spool, "_commit_batch", slow_commit)
+    monkeypatch.setattr(Spool, "_append", slow_append)
     daemon = run_daemon(make_config())
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(id=send(daemon.smtp_port, LEAD)))
@@ -110,20 +122,22 @@ def test_250_is_only_sent_after_the_spool_write(make_config: Any, run_daemon: An
     wait_for(lambda: processed(spool_id))
 
 
-def test_spool_failure_answers_451_not_5xx(make_config: Any, run_daemon: Any,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: Spool, items: Any) -> Any:
+def test_spool_failure_answers_451_not_5xx(
+    make_config: Any, run_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Spool, bodies: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Spool, "_commit_batch", broken)
+    monkeypatch.setattr(Spool, "_append", broken)
     daemon = run_daemon(make_config())
     with pytest.raises(smtplib.SMTPDataError) as info:
         send(daemon.smtp_port, LEAD)
     assert info.value.smtp_code == 451
 
 
-def test_crash_while_processing_keeps_the_message(make_config: Any, run_daemon: Any,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_while_processing_keeps_the_message(
+    make_config: Any, run_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An exception after the 250 leaves the message retryable, then in failed/, never lost."""
     real_record = Pipeline._record
 
@@ -153,22 +167,32 @@ def test_duplicate_delivery_gives_one_elead(make_config: Any, run_daemon: Any) -
     second = send(daemon.smtp_port, again)
     assert first != second
     wait_for(lambda: processed(first))
-    wait_for(lambda: not daemon.daemon.runtime.spool.queued_ids()
-             and not list(daemon.daemon.runtime.spool.dir("active").iterdir()))
+    wait_for(
+        lambda: (
+            not daemon.daemon.runtime.spool.queued_ids()
+            and not list(daemon.daemon.runtime.spool.dir("active").iterdir())
+        )
+    )
     assert counts() == (1, 1)
 
 
 def test_smtputf8_and_8bit_bodies(make_config: Any, run_daemon: Any) -> None:
     daemon = run_daemon(make_config())
-    raw = ("From: José Muñoz <josé@example.org>\r\nTo: leads@demo.example\r\n"
-           "Subject: Presupuesto\r\nMessage-ID: <utf8-1@example.org>\r\n"
-           "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-           "Nombre: José Muñoz\r\nTeléfono: (614) 555-0190\r\n").encode()
+    raw = (
+        "From: José Muñoz <josé@example.org>\r\nTo: leads@demo.example\r\n"
+        "Subject: Presupuesto\r\nMessage-ID: <utf8-1@example.org>\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        "Nombre: José Muñoz\r\nTeléfono: (614) 555-0190\r\n"
+    ).encode()
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
         client.ehlo("t")
         assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
-        client.sendmail("josé@example.org", ["leads@demo.example"], raw,
-                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        client.sendmail(
+            "josé@example.org",
+            ["leads@demo.example"],
+            raw,
+            mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+        )
     wait_for(lambda: counts()[0] == 1)
     row = InboundMessage.get()
     assert row.mail_from == "josé@example.org"
@@ -178,19 +202,44 @@ def test_smtputf8_and_8bit_bodies(make_config: Any, run_daemon: Any) -> None:
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
-def test_starttls_and_auth(make_config: Any, run_daemon: Any,
-                           tls_files: tuple[Path, Path]) -> None:
+def test_starttls_and_auth(make_config: Any, run_daemon: Any, tls_files: tuple[Path, Path]) -> None:
     cert, key = tls_files
-    daemon = run_daemon(make_config({"smtp": {
-        "tls": {"cert_file": str(cert), "key_file": str(key), "require_starttls": True},
-        "auth": {"required": True, "users": [{"username": "mta", "password": "s3cret"}]},
-    }}))
+    daemon = run_daemon(
+        make_config(
+            {
+                "smtp": {
+                    "tls": {"cert_file": str(cert), "key_file": str(key), "require_starttls": True},
+                    "auth": {
+                        "required": True,
+                        "users": [{"username": "mta", "password": "s3cret"}],
+                    },
+                }
+            }
+        )
+    )
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:

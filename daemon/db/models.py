@@ -19,7 +19,13 @@ import peewee as pw
 database_proxy = pw.DatabaseProxy()
 
 ELEAD_STATES = ("received", "converted", "unconverted", "failed_parse", "ignored")
-NOTIFICATION_KINDS = ("received", "appointment", "conversion_issue", "return_lead", "command_result")
+NOTIFICATION_KINDS = (
+    "received",
+    "appointment",
+    "conversion_issue",
+    "return_lead",
+    "command_result",
+)
 
 
 def utcnow() -> datetime:
@@ -61,6 +67,9 @@ class Location(BaseModel):
 class InboundMessage(BaseModel):
     """Every message that left the spool, whatever it was; dedupe lives here."""
 
+    id = pw.AutoField()
+    eleads: pw.ModelSelect  # backref
+
     dedupe_key = pw.CharField(max_length=64, unique=True)
     spool_id = pw.CharField(max_length=64)
     message_id = pw.TextField(null=True, index=True)
@@ -78,6 +87,7 @@ class InboundMessage(BaseModel):
 
 
 class Prospect(BaseModel):
+    id = pw.AutoField()
     account = pw.ForeignKeyField(Account, backref="prospects", on_delete="CASCADE")
     pid = pw.CharField(max_length=64)
     first_name = pw.CharField(null=True)
@@ -100,6 +110,10 @@ class Prospect(BaseModel):
 class ELead(BaseModel):
     class Meta:
         table_name = "elead"
+
+    id = pw.AutoField()
+    account_id: str | None
+    prospect_id: int | None
 
     account = pw.ForeignKeyField(Account, null=True, backref="eleads", on_delete="SET NULL")
     message = pw.ForeignKeyField(

@@ -31,9 +31,7 @@ def _mbox(path: Path) -> Iterator[tuple[str, bytes]]:
         box.close()
 
 
-def iter_messages(
-    path: Path, *, on_error: Callable[[str], None]
-) -> Iterator[tuple[str, bytes]]:
+def iter_messages(path: Path, *, on_error: Callable[[str], None]) -> Iterator[tuple[str, bytes]]:
     """Yield ``(label, raw bytes)`` for every message under ``path``.
 
     Unreadable paths are reported through ``on_error`` and skipped, so one bad path does

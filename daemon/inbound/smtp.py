@@ -32,7 +32,7 @@ class InboundHandler:
         self.spool = spool
         self.listener = listener
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
+    async def handle_RCPT(
         self, server: SMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         route = route_recipient(self.settings, address)
@@ -45,9 +45,7 @@ class InboundHandler:
         envelope.eleads_routes.append(route)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(  # noqa: N802 - aiosmtpd hook name
-        self, server: SMTP, session: Any, envelope: Any
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content or envelope.content or b""
         routes = [r for r in getattr(envelope, "eleads_routes", []) if r.account]
         accounts = {r.account for r in routes}
@@ -63,11 +61,17 @@ class InboundHandler:
         )
         try:
             entry = await self.spool.put(raw, spooled)
-        except Exception:  # noqa: BLE001 - not stored means "try again", never 5xx
+        except Exception:
             log.exception("event=spool_put_failed peer=%s size=%d", spooled.peer, len(raw))
             return TEMPFAIL
-        log.info("event=message_accepted listener=%s spool_id=%s peer=%s size=%d rcpts=%d",
-                 self.listener, entry.id, spooled.peer, len(raw), len(envelope.rcpt_tos))
+        log.info(
+            "event=message_accepted listener=%s spool_id=%s peer=%s size=%d rcpts=%d",
+            self.listener,
+            entry.id,
+            spooled.peer,
+            len(raw),
+            len(envelope.rcpt_tos),
+        )
         return f"250 2.0.0 OK queued as {entry.id}"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -89,8 +93,9 @@ class _Authenticator:
         assert config.auth is not None
         self._users = {u.username.encode(): u.password.encode() for u in config.auth.users}
 
-    def __call__(self, server: SMTP, session: Any, envelope: Any, mechanism: str,
-                 auth_data: Any) -> AuthResult:
+    def __call__(
+        self, server: SMTP, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         expected = self._users.get(auth_data.login, b"")
@@ -137,6 +142,11 @@ async def start_smtp_server(
     server = await loop.create_server(
         lambda: SMTP(handler, loop=loop, **options), host=config.host, port=config.port
     )
-    log.info("event=smtp_listening host=%s port=%s tls=%s auth=%s", config.host,
-             server.sockets[0].getsockname()[1], tls_context is not None, config.auth is not None)
+    log.info(
+        "event=smtp_listening host=%s port=%s tls=%s auth=%s",
+        config.host,
+        server.sockets[0].getsockname()[1],
+        tls_context is not None,
+        config.auth is not None,
+    )
     return server
