@@ -6,7 +6,9 @@ Both servers run as separate processes on 127.0.0.1 and get the same load from o
 asyncio client (persistent connections, one transaction after another on each). Rounds
 alternate null/eleads so that machine noise hits both; the medians are reported with
 their ratio. eleads runs its real daemon: every 250 is sent after the message is fsynced,
-and the spool runner parses and stores each message in the same process meanwhile.
+and the spool worker process parses and stores each message meanwhile. After each eleads
+round the benchmark waits until every message is stored exactly once (or exits with an
+error) and reports that end-to-end rate too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -160,16 +163,42 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
-def run_round(kind: str, messages: int, connections: int) -> tuple[float, float, float]:
+def wait_processed(db_path: Path, messages: int, started: float) -> float:
+    """Seconds from the first send until every message is stored; exits if one is missing
+    or doubled (the benchmark must not look good by dropping work)."""
+    deadline = time.monotonic() + 300
+    count = distinct = 0
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db_path, timeout=5) as db:
+                count, distinct = db.execute(
+                    "select count(*), count(distinct message_id) from inbound_message"
+                ).fetchone()
+        except sqlite3.Error:
+            pass
+        if count >= messages:
+            break
+        time.sleep(0.05)
+    if count != messages or distinct != messages:
+        raise SystemExit(f"eleads stored {count} rows ({distinct} distinct) for {messages}")
+    return time.perf_counter() - started
+
+
+def run_round(kind: str, messages: int, connections: int) -> tuple[float, float, float, float]:
     proc, port, tmp = start_null() if kind == "null" else start_eleads()
+    end_to_end = 0.0
     try:
+        started = time.perf_counter()
         elapsed, latencies = asyncio.run(load(port, messages, connections))
+        if tmp is not None:
+            end_to_end = messages / wait_processed(tmp / "var" / "eleads.db", messages, started)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return messages / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+    p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+    return messages / elapsed, p50, p99, end_to_end
 
 
 def main() -> None:
@@ -183,20 +212,23 @@ def main() -> None:
         f"load: {args.messages} messages of {len(message(0))} bytes over "
         f"{args.connections} connections, {args.rounds} rounds each, alternating"
     )
-    results: dict[str, list[tuple[float, float, float]]] = {"null": [], "eleads": []}
+    results: dict[str, list[tuple[float, float, float, float]]] = {"null": [], "eleads": []}
     for round_no in range(args.rounds):
         for kind in ("null", "eleads"):
-            rate, p50, p99 = run_round(kind, args.messages, args.connections)
-            results[kind].append((rate, p50, p99))
+            row = run_round(kind, args.messages, args.connections)
+            results[kind].append(row)
+            rate, p50, p99, e2e = row
+            stored = f"  all stored once, end to end {e2e:6.0f} msg/s" if e2e else ""
             print(
                 f"  round {round_no + 1} {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  "
-                f"p99 {p99:6.1f} ms"
+                f"p99 {p99:6.1f} ms{stored}"
             )
     medians = {
-        k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in results.items()
+        k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in results.items()
     }
-    for kind, (rate, p50, p99) in medians.items():
-        print(f"median {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms")
+    for kind, (rate, p50, p99, e2e) in medians.items():
+        stored = f"  end to end {e2e:6.0f} msg/s" if e2e else ""
+        print(f"median {kind:7} {rate:8.0f} msg/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms{stored}")
     ratio = medians["eleads"][0] / medians["null"][0]
     print(f"eleads / null accepted rate: {ratio:.0%} (target >= 50%)")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 
-from daemon.parse.decode import decode_message, decode_text, html_to_text
+from daemon.parse.decode import decode_message, decode_text
 from daemon.parse.forwards import unwrap_forward
+from daemon.parse.htmltext import html_to_text
 from daemon.parse.model import DecodedMessage
 
 

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from daemon.parse.classify import REPLY_PREFIX_RE, reply_token
-from daemon.parse.decode import html_to_text
+from daemon.parse.htmltext import html_to_text
 from daemon.parse.model import DecodedMessage
 
 ACTIONS = ("use", "new", "ignore", "help")
