@@ -108,3 +108,22 @@ def test_spool_commands(make_config: Any) -> None:
     assert out.returncode == 2 and "no failed message" in out.stderr
     out = cli("spool", "requeue", "--config", str(config))
     assert out.returncode == 2 and "--all" in out.stderr
+
+
+def test_unparseable_lead_is_kept_as_failed_parse(make_config: Any, tmp_path: Path) -> None:
+    """A hostile ADF is refused, and the lead is kept (state failed_parse) with the reason."""
+    raw = (
+        b"From: leads@provider.example\r\nTo: leads@demo.example\r\nSubject: ADF lead\r\n"
+        b"Message-ID: <adf-bad-1@provider.example>\r\nContent-Type: text/xml\r\n\r\n"
+        b'<?xml version="1.0"?><!DOCTYPE adf [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        b'<adf><prospect><customer><contact><name part="full">&x;</name>'
+        b"</contact></customer></prospect></adf>\r\n"
+    )
+    (tmp_path / "bad.eml").write_bytes(raw)
+    config = make_config()
+    (line,) = ingest(config, tmp_path / "bad.eml")
+    assert line["outcome"] == "failed" and "ADF refused" in line["detail"]
+    shown = json.loads(cli("show", line["elead"], "--config", str(config), "--json").stdout)
+    assert shown["state"] == "failed_parse"
+    assert any("ADF refused" in p for p in shown["problems"])
+    assert Path(shown["raw_path"]).read_bytes().endswith(raw)

@@ -35,6 +35,9 @@ def test_xml_entity_expansion_billion_laughs() -> None:
     xml = f'<?xml version="1.0"?><!DOCTYPE adf [<!ENTITY l0 "lol">{lol}]><adf>&l9;</adf>'
     result = parse_fast(mail(BASE + "Content-Type: text/xml", xml))
     assert "lol" * 100 not in str(result.lead)
+    # Refused, and said so: a lead that failed to parse, never silently "not a lead".
+    assert result.kind == "lead" and result.lead is not None and result.lead["email"] is None
+    assert any("ADF refused" in p for p in result.problems), result.problems
 
 
 def test_xml_external_entity() -> None:
@@ -45,6 +48,7 @@ def test_xml_external_entity() -> None:
     )
     result = parse_fast(mail(BASE + "Content-Type: application/xml", xml))
     assert "root:" not in str(result.lead)
+    assert result.kind == "lead" and any("ADF refused" in p for p in result.problems)
 
 
 def test_500_level_nested_multipart() -> None:

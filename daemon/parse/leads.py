@@ -123,6 +123,10 @@ def _extract(
             inner = _extract(attached, ctx, rules, depth + 1)
             if inner is not None:
                 return inner
+        if any(p.startswith("ADF ") for p in problems):
+            # An ADF document is a lead by definition: one we could not read is a lead
+            # that failed to parse (kept and reported), not "not a lead" (dropped).
+            return LeadExtraction("adf", _empty_lead(ctx), tuple(dict.fromkeys(problems)))
         return None
     strict = name not in STRUCTURED
     if rule is not None:
@@ -132,6 +136,13 @@ def _extract(
     if lead is None:
         return None
     return LeadExtraction(name, lead, tuple(dict.fromkeys([*found.problems, *problems])))
+
+
+def _empty_lead(ctx: ParseContext) -> dict[str, Any]:
+    lead: dict[str, Any] = dict.fromkeys(LEAD_FIELDS)
+    lead["appointment_requested"] = False
+    lead["account"] = ctx.account
+    return lead
 
 
 def _run_parsers(
