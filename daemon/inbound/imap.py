@@ -20,19 +20,17 @@ round spool the message again; that duplicate is harmless (the pipeline dedupes 
 Message-ID + body hash). The one unretryable case is a UID the server no longer has
 (expunged meanwhile): it is logged and passed.
 
-"Already processed" marker: the keyword ``$eleads`` is set with (or instead of) \\Seen
-whenever the folder accepts keywords (PERMANENTFLAGS has ``\\*``), and every search
-excludes it, so a lost or stale state file never re-spools what was spooled. \\Seen alone
-is not used for that in normal rounds (a person may read a lead before we poll). A
-*rescan* (first run, another folder, or a changed UIDVALIDITY: ``last_uid`` restarts
-at 0) also excludes \\Seen when ``mark_seen`` is on, the only marker a server without
-keywords keeps; at its end ``last_uid`` jumps to the highest UID seen before the search.
-
 Waiting: IDLE when the server offers it and ``mailbox.idle``; it is re-issued every
 ``idle_timeout`` seconds and checked in 1 s slices (prompt ``stop()``; an early empty
 answer means EOF). Otherwise a plain wait of ``poll_interval``. Connection errors (EOF,
 BrokenPipe, ``* BYE``, socket errors, timeouts, refused logins) reconnect with
 exponential backoff from ``reconnect_min`` to ``reconnect_max``; a complete round resets it.
+
+This module is the asyncio loop around the rounds. The IMAP commands themselves (login
+and capabilities, UIDVALIDITY, SEARCH, FETCH, flags and MOVE) and the "already
+processed" marker (``$eleads``, or \\Seen on a rescan) are in
+:mod:`daemon.inbound.imap_session`; the state file and the errors in
+:mod:`daemon.inbound.imap_state`.
 """
 
 from __future__ import annotations
@@ -41,131 +39,47 @@ import asyncio
 import contextlib
 import functools
 import imaplib
-import json
 import logging
-import os
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imapclient import DELETED, SEEN, IMAPClient
+from imapclient import IMAPClient
 
 from daemon.config import IMAPMailbox
 from daemon.errors import TransientError
+from daemon.inbound import imap_session
+from daemon.inbound.imap_session import KEYWORD, Session
+from daemon.inbound.imap_state import (
+    CommandFailed,
+    ConnectionLost,
+    IMAPStatus,
+    MailboxState,
+    load_state,
+    save_state,
+)
 from daemon.pipeline import header_message_id
-from daemon.spool import Envelope, Spool
+from daemon.spool import Spool
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Set on every message once it is spooled (when the folder accepts keywords).
-KEYWORD = b"$eleads"
+__all__ = [
+    "KEYWORD",
+    "CommandFailed",
+    "ConnectionLost",
+    "IMAPPoller",
+    "IMAPStatus",
+    "MailboxState",
+    "load_state",
+]
+
 _IDLE_SLICE = 1.0
-_NEW_MAIL = (b"EXISTS", b"RECENT")
-
-
-class ConnectionLost(TransientError):
-    """The IMAP connection is gone or unusable (EOF, BYE, timeout, refused login): reconnect."""
-
-
-class CommandFailed(TransientError):
-    """The server answered NO/BAD to one command; the connection itself is still usable."""
-
-
-@dataclass(frozen=True)
-class IMAPStatus:
-    """A snapshot for logs and metrics."""
-
-    mailbox: str
-    connected: bool
-    idling: bool
-    last_poll_at: float | None  # wall-clock time of the last complete round
-    last_error: str | None
-    retry_pending: bool  # the last round stopped at a message that will be retried
-    uidvalidity: int | None
-    last_uid: int
-    spooled: int  # messages spooled since start
-    reconnects: int
-
-
-@dataclass(frozen=True)
-class MailboxState:
-    """What survives a restart: where the next round starts."""
-
-    uidvalidity: int | None = None
-    last_uid: int = 0
-    folder: str | None = None
-    rescan: bool = True
-
-
-@dataclass
-class _Session:
-    client: IMAPClient
-    uidvalidity: int
-    idle: bool
-    move: bool
-    uidplus: bool
-    keyword: bool
-    target_ready: bool = False
-
-
-def load_state(path: Path) -> MailboxState:
-    """The saved state, or a fresh one (rescan) when missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return MailboxState(
-            uidvalidity=int(data["uidvalidity"]),
-            last_uid=int(data["last_uid"]),
-            folder=str(data["folder"]),
-            rescan=bool(data.get("rescan", False)),
-        )
-    except FileNotFoundError:
-        return MailboxState()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("event=imap_state_unreadable path=%s error=%r", path, exc)
-        return MailboxState()
-
-
-def save_state(path: Path, state: MailboxState) -> None:
-    """tmp + fsync + rename + fsync(dir): the file is always the old or the new state."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = {
-        "uidvalidity": state.uidvalidity,
-        "last_uid": state.last_uid,
-        "folder": state.folder,
-        "rescan": state.rescan,
-    }
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pop_new_mail(client: IMAPClient) -> bool:
-    """Did an EXISTS/RECENT arrive inside another command's answer (say, our SEARCH)?
-
-    Such a message is invisible to the next IDLE, so the caller runs another round.
-    imaplib keeps unsolicited responses until asked (``IMAP4.response``); EXPUNGE (one
-    per MOVE) is dropped here too, or it would pile up over a long session.
-    """
-    imap = getattr(client, "_imap", None)
-    if imap is None or not hasattr(imap, "response"):
-        return False
-    imap.response("EXPUNGE")
-    return any(imap.response(name.decode())[1] != [None] for name in _NEW_MAIL)
 
 
 class IMAPPoller:
@@ -188,7 +102,7 @@ class IMAPPoller:
         self.reconnect_max = max(reconnect_max, reconnect_min)
         self._factory: Callable[..., IMAPClient] = client_factory or IMAPClient
         self._executor: ThreadPoolExecutor | None = None
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._state: MailboxState | None = None
         self._stop = asyncio.Event()
         self._backoff = reconnect_min
@@ -294,91 +208,20 @@ class IMAPPoller:
             self._executor.shutdown(wait=False)
             self._executor = None
 
-    async def _connect(self) -> _Session:
+    async def _connect(self) -> Session:
         if self._state is None:
             self._state = await self._call(load_state, self.state_path)
-        session = await self._call(self._open, guard=self.mailbox.timeout * 4 + 5)
-        self._reconcile(session.uidvalidity)
-        log.info(
-            "event=imap_connected mailbox=%s host=%s port=%d security=%s folder=%s idle=%s "
-            "move=%s keyword=%s",
-            self.mailbox.name,
-            self.mailbox.host,
-            self.mailbox.effective_port,
-            self.mailbox.security,
-            self.mailbox.folder,
-            session.idle,
-            session.move,
-            session.keyword,
+        session = await self._call(
+            imap_session.open_session,
+            self.mailbox,
+            self._factory,
+            guard=self.mailbox.timeout * 4 + 5,
         )
+        self._state = imap_session.reconcile(
+            self.mailbox, self._state or MailboxState(), session.uidvalidity
+        )
+        imap_session.log_connected(self.mailbox, session)
         return session
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        if not self.mailbox.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
-    def _open(self) -> _Session:
-        """(thread) Connect, secure, log in, select the folder, read its capabilities."""
-        mb = self.mailbox
-        context = self._ssl_context() if mb.security != "none" else None
-        client = self._factory(
-            mb.host,
-            port=mb.effective_port,
-            ssl=mb.security == "ssl",
-            ssl_context=context,
-            timeout=mb.timeout,
-        )
-        try:
-            if mb.security == "starttls":
-                client.starttls(context)
-            client.login(mb.username, mb.password)
-            selected = client.select_folder(mb.folder)
-            caps = {bytes(c).upper() for c in client.capabilities()}
-            _pop_new_mail(client)  # the SELECT's own EXISTS: the first round covers it
-        except BaseException:
-            with contextlib.suppress(Exception):
-                client.shutdown()
-            raise
-        if mb.move_to and not ({b"MOVE", b"UIDPLUS"} & caps):
-            log.warning(
-                "event=imap_no_uid_expunge mailbox=%s detail=moved messages stay "
-                "behind flagged \\Deleted",
-                mb.name,
-            )
-        return _Session(
-            client=client,
-            uidvalidity=int(selected[b"UIDVALIDITY"]),
-            idle=mb.idle and b"IDLE" in caps,
-            move=b"MOVE" in caps,
-            uidplus=b"UIDPLUS" in caps,
-            keyword=b"\\*" in tuple(selected.get(b"PERMANENTFLAGS", ())),
-        )
-
-    def _reconcile(self, uidvalidity: int) -> None:
-        """Compare the saved UIDVALIDITY (and folder) with the server's; restart if changed."""
-        state = self._state or MailboxState()
-        if state.folder == self.mailbox.folder and state.uidvalidity == uidvalidity:
-            return
-        if state.uidvalidity is not None and state.folder == self.mailbox.folder:
-            log.warning(
-                "event=imap_uidvalidity_changed mailbox=%s old=%s new=%s last_uid=%d "
-                "detail=re-reading the folder",
-                self.mailbox.name,
-                state.uidvalidity,
-                uidvalidity,
-                state.last_uid,
-            )
-        else:
-            log.info(
-                "event=imap_first_scan mailbox=%s folder=%s uidvalidity=%d",
-                self.mailbox.name,
-                self.mailbox.folder,
-                uidvalidity,
-            )
-        self._state = MailboxState(uidvalidity, 0, self.mailbox.folder, rescan=True)
 
     async def _drop_session(self, *, graceful: bool) -> None:
         session, self._session = self._session, None
@@ -413,27 +256,14 @@ class IMAPPoller:
 
     # -- one round ----------------------------------------------------------------
 
-    def _criteria(self, session: _Session, state: MailboxState) -> list[str | bytes]:
-        criteria: list[str | bytes] = ["UID", f"{state.last_uid + 1}:*"]
-        if session.keyword:
-            criteria += ["NOT", "KEYWORD", KEYWORD]
-        if state.rescan and self.mailbox.mark_seen:
-            criteria.append("UNSEEN")
-        return criteria
-
-    async def _round(self, session: _Session) -> int:
+    async def _round(self, session: Session) -> int:
         """Spool every new message in UID order; stop at the first one that fails."""
         assert self._state is not None
         state = self._state
         ceiling = 0
-        client = session.client
         if state.rescan:  # every UID up to here is processed or excluded once we finish
-            ceiling = max(
-                await self._call(client.search, ["UID", f"{state.last_uid + 1}:*"]), default=0
-            )
-        found = await self._call(client.search, self._criteria(session, state))
-        # "UID n:*" always returns the last message, even below n: filter ourselves.
-        uids = sorted(uid for uid in found if uid > state.last_uid)
+            ceiling = await self._call(imap_session.highest_uid, session.client, state.last_uid)
+        uids = await self._call(imap_session.new_uids, self.mailbox, session, state)
         spooled = 0
         for uid in uids:
             if self._stop.is_set():
@@ -450,12 +280,15 @@ class IMAPPoller:
         self._last_poll_at = time.time()
         return spooled
 
-    async def _process(self, session: _Session, uid: int) -> bool:
+    async def _process(self, session: Session, uid: int) -> bool:
         """Fetch, spool, mark/move, save; False when the message must wait for a retry."""
         name = self.mailbox.name
         try:
             raw = await self._call(
-                self._fetch, session.client, uid, guard=max(self._guard, self.mailbox.timeout * 10)
+                imap_session.fetch,
+                session.client,
+                uid,
+                guard=max(self._guard, self.mailbox.timeout * 10),
             )
         except CommandFailed as exc:
             return self._message_failed("imap_fetch_failed", uid, exc)
@@ -463,19 +296,12 @@ class IMAPPoller:
             log.warning("event=imap_message_gone mailbox=%s uid=%d", name, uid)
             await self._save(replace(self._state or MailboxState(), last_uid=uid))
             return True
-        envelope = Envelope(
-            listener=f"imap:{name}",
-            account=self.mailbox.account,
-            rcpt_tos=(),
-            peer=self.mailbox.host,
-            extra={"folder": self.mailbox.folder, "uid": uid, "uidvalidity": session.uidvalidity},
-        )
         try:
-            entry = await self.spool.put(raw, envelope)
+            entry = await self.spool.put(raw, imap_session.envelope(self.mailbox, session, uid))
         except Exception as exc:  # noqa: BLE001 - stays on the server, retried next round
             return self._message_failed("imap_spool_failed", uid, exc)
         try:
-            await self._call(self._mark, session, uid)
+            await self._call(imap_session.mark, self.mailbox, session, uid)
         except CommandFailed as exc:
             return self._message_failed("imap_mark_failed", uid, exc, entry.id)
         await self._save(replace(self._state or MailboxState(), last_uid=uid))
@@ -504,40 +330,6 @@ class IMAPPoller:
         )
         return False
 
-    def _fetch(self, client: IMAPClient, uid: int) -> bytes | None:
-        """(thread) The raw message, or None when the server no longer has this UID."""
-        item = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
-        if item is not None and item.get(b"BODY[]") is not None:
-            return bytes(item[b"BODY[]"])
-        if client.search(["UID", str(uid)]):
-            raise CommandFailed(f"FETCH returned no body for uid {uid}")
-        return None
-
-    def _mark(self, session: _Session, uid: int) -> None:
-        """(thread) After the spool write: \\Seen and the keyword, then move if configured."""
-        client, target = session.client, self.mailbox.move_to
-        flags = [SEEN] if self.mailbox.mark_seen else []
-        if session.keyword:
-            flags.append(KEYWORD)
-        if flags:
-            client.add_flags([uid], flags, silent=True)
-        if not target:
-            return
-        if not session.target_ready:
-            if not client.folder_exists(target):
-                client.create_folder(target)
-                log.info(
-                    "event=imap_folder_created mailbox=%s folder=%s", self.mailbox.name, target
-                )
-            session.target_ready = True
-        if session.move:
-            client.move([uid], target)
-            return
-        client.copy([uid], target)
-        client.add_flags([uid], [DELETED], silent=True)
-        if session.uidplus:
-            client.uid_expunge([uid])
-
     async def _save(self, state: MailboxState) -> None:
         self._state = state
         try:
@@ -557,14 +349,14 @@ class IMAPPoller:
         session = self._session
         if session is None or self._stop.is_set():
             return
-        if await self._call(_pop_new_mail, session.client):
+        if await self._call(imap_session.pop_new_mail, session.client):
             return  # mail arrived during the round: go again at once
         if session.idle:
             await self._idle(session)
         else:
             await self._sleep(self.mailbox.poll_interval)
 
-    async def _idle(self, session: _Session) -> None:
+    async def _idle(self, session: Session) -> None:
         """One IDLE of at most ``idle_timeout`` s; returns on new mail, timeout or stop()."""
         client = session.client
         await self._call(client.idle)
@@ -576,16 +368,9 @@ class IMAPPoller:
         try:
             while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
                 wait = min(_IDLE_SLICE, left)
-                started = time.monotonic()
-                answers = await self._call(
-                    client.idle_check, wait, guard=wait + self.mailbox.timeout
-                )
-                if any(a and a[0] == b"BYE" for a in answers):
-                    raise ConnectionLost("server said BYE while idling")
-                if any(len(a) > 1 and a[1] in _NEW_MAIL for a in answers):
+                guard = wait + self.mailbox.timeout
+                if await self._call(imap_session.idle_check, client, wait, guard=guard):
                     break
-                if not answers and time.monotonic() - started < wait / 2:
-                    raise ConnectionLost("EOF while idling")  # idle_check swallows EOF
         finally:
             self._idling = False
         await self._call(client.idle_done)
