@@ -19,6 +19,8 @@ from typing import Any
 from daemon.config import Settings
 from daemon.db.thread import DBThread
 from daemon.inbound.smtp import start_smtp_server
+from daemon.notify.sender import OutboxSender
+from daemon.notify.transport import make_transport
 from daemon.runner import SpoolRunner
 from daemon.runtime import DataDirLock, Runtime, open_runtime
 from daemon.supervisor import WorkerSupervisor
@@ -38,21 +40,30 @@ class Daemon:
         self.db_thread: DBThread | None = None
         self.runner: SpoolRunner | None = None
         self.supervisor: WorkerSupervisor | None = None
+        self.sender: OutboxSender | None = None
 
     async def start(self) -> None:
         self._lock.acquire()
         runtime = self.runtime = open_runtime(self.settings)
         runtime.db.close()  # from here on, only the DB thread talks to the database
         recovered = runtime.spool.recover()
+        self.db_thread = DBThread(runtime.db)
+        self.sender = OutboxSender(
+            db_thread=self.db_thread,
+            transport=make_transport(self.settings),
+            settings=self.settings,
+        )
+        self._tasks.append(asyncio.create_task(self.sender.run(), name="outbox"))
         if self.settings.spool.worker == "process":
             self.supervisor = WorkerSupervisor(self.settings, nice=self.settings.spool.worker_nice)
             runtime.spool.on_new_message(self.supervisor.wake)
+            self.supervisor.on_batch_committed(self.sender.wake)
             self._tasks.append(asyncio.create_task(self.supervisor.run(), name="worker"))
         else:
-            self.db_thread = DBThread(runtime.db)
             self.runner = SpoolRunner(
                 spool=runtime.spool, pipeline=runtime.pipeline, db_thread=self.db_thread
             )
+            self.runner.on_batch_committed(self.sender.wake)
             self._tasks.append(asyncio.create_task(self.runner.run(), name="spool-runner"))
         if self.settings.smtp.enabled:
             self._servers.append(
@@ -98,6 +109,8 @@ class Daemon:
             self.runner.stop()
         if self.supervisor is not None:
             await self.supervisor.stop(timeout)
+        if self.sender is not None:
+            self.sender.stop()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:

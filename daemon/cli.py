@@ -236,6 +236,126 @@ def show(elead_id: str, config_file: Path | None, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
+@main.command()
+@config_option
+@json_option
+@click.option("--account", default=None)
+@guarded
+def unconverted(config_file: Path | None, as_json: bool, account: str | None) -> None:
+    """eLeads waiting for a human decision (fuzzy matches)."""
+    from daemon.services import list_eleads as query
+
+    rows = query(settings_for(config_file), state="unconverted", account=account)
+    if as_json:
+        emit(rows)
+        return
+    for row in rows:
+        click.echo(
+            f"{row['id']:>8}  {row['account'] or '-':10} {row['received_at']}  "
+            f"{row['message_id'] or ''}"
+        )
+
+
+@main.command()
+@click.argument("elead_id")
+@click.option(
+    "--use", "use", default=None, metavar="PROSPECT_ID", help="Add the eLead to this prospect."
+)
+@click.option("--new", "new", is_flag=True, help="Create a new prospect for the eLead.")
+@config_option
+@json_option
+@guarded
+def convert(
+    elead_id: str, use: str | None, new: bool, config_file: Path | None, as_json: bool
+) -> None:
+    """Decide an eLead by hand: --use PROSPECT_ID or --new."""
+    import getpass
+
+    from daemon.services import convert_elead
+
+    if (use is None) == (not new):
+        fail("give exactly one of --use PROSPECT_ID or --new")
+    result = convert_elead(
+        settings_for(config_file), elead_id, use=use, new=new, actor=f"cli:{getpass.getuser()}"
+    )
+    if as_json:
+        emit(result)
+    else:
+        click.echo(f"{result['elead']}: {result['detail']}")
+
+
+@main.group()
+def prospects() -> None:
+    """Prospects: import a CSV, list."""
+
+
+@prospects.command("import")
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--account", required=True, help="The account the prospects belong to.")
+@config_option
+@json_option
+@guarded
+def prospects_import(csv_file: Path, account: str, config_file: Path | None, as_json: bool) -> None:
+    """Import prospects (columns as the lead fields, optional id); bad rows are reported."""
+    from daemon.services import import_prospects_file
+
+    report = import_prospects_file(settings_for(config_file), csv_file, account=account)
+    if as_json:
+        emit(
+            {
+                "imported": report.imported,
+                "skipped": report.skipped,
+                "problems": list(report.problems),
+            }
+        )
+        return
+    click.echo(f"imported {report.imported}, skipped {report.skipped}")
+    for problem in report.problems:
+        click.echo(f"  {problem}")
+
+
+@prospects.command("list")
+@config_option
+@json_option
+@click.option("--account", default=None)
+@guarded
+def prospects_list(config_file: Path | None, as_json: bool, account: str | None) -> None:
+    """Prospects with their lead source counts."""
+    from daemon.services import prospects as query
+
+    rows = query(settings_for(config_file), account=account)
+    if as_json:
+        emit(rows)
+        return
+    for row in rows:
+        name = " ".join(x for x in (row.get("first_name"), row.get("last_name")) if x)
+        click.echo(
+            f"{row['id']:>8}  {row['account']:10} {name:30} {row.get('email') or '-':30} "
+            f"{row.get('phone') or '-':14} sources={row.get('lead_sources', 0)}"
+        )
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--status", type=click.Choice(["queued", "sent", "failed"]), default=None)
+@guarded
+def outbox(config_file: Path | None, as_json: bool, status: str | None) -> None:
+    """Notifications: queued, sent, failed (with the reason)."""
+    from daemon.services import outbox_rows
+
+    rows = outbox_rows(settings_for(config_file), status=status)
+    if as_json:
+        emit(rows)
+        return
+    for row in rows:
+        reason = f"  ({row.get('last_error')})" if row.get("last_error") else ""
+        click.echo(
+            f"{row['id']:>6}  {row['status']:7} {row['kind']:16} {row['elead'] or '-':>8}  "
+            f"{', '.join(row['to'])}  {row['subject']}{reason}"
+        )
+
+
 @main.group()
 def spool() -> None:
     """Inspect the spool; list and re-queue failed messages."""

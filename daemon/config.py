@@ -161,6 +161,19 @@ class OutboundSettings(_Model):
     reply_domain: str = "eleads.example"
     #: None: outgoing mail is written to the Maildir <data_dir>/outbox/.
     relay: RelaySettings | None = None
+    #: A file here replaces the packaged template of the same name (daemon/notify/templates);
+    #: relative: to the config file's directory.
+    templates_dir: Path | None = None
+    #: How long a Conversion Issue reply address (+r-<token>) stays valid.
+    token_ttl_days: int = Field(default=14, ge=1, le=365)
+    #: Sending attempts (relay 4xx, network errors) before a notification is failed.
+    max_attempts: int = Field(default=10, ge=1)
+    #: Retry backoff in seconds: first wait, doubled per attempt up to the max.
+    retry_base: float = Field(default=30.0, gt=0)
+    retry_max: float = Field(default=3600.0, gt=0)
+    #: The sender looks for due notifications at least this often (seconds), besides
+    #: being woken when one is queued.
+    poll_interval: float = Field(default=2.0, gt=0)
 
 
 class NotificationAddresses(_Model):
@@ -222,6 +235,55 @@ class VisitSettings(_Model):
     sources: list[VisitSource] = Field(default_factory=list)
 
 
+class ReplySettings(_Model):
+    """How replies to our Conversion Issue emails are trusted and answered."""
+
+    #: authserv-ids of our own trusted relay/MTA: an Authentication-Results header from
+    #: one of them saying dkim=fail or dmarc=fail makes a reply refused (not answered).
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    #: At most this many refusal/help answers per sender per window (no mail storms).
+    answers_per_sender: int = Field(default=20, ge=0)
+    answer_window_hours: float = Field(default=2.0, gt=0)
+
+
+class MatchSettings(_Model):
+    """Thresholds of the three-way decision (daemon/match/decide.py explains the rules).
+
+    A candidate's verdict comes from the rules (a strong identifier AND a compatible
+    name is "same"; a conflict, or a name with only the place in common, is "maybe");
+    its score (name similarity x evidence, daemon/match/score.py) ranks candidates and
+    must reach ``clear_score`` for an automatic match.
+    """
+
+    #: Candidates retrieved per blocking key (email/phone/address keys take half, the
+    #: name-anywhere key a fifth): a few dozen per lead whatever the account's size.
+    max_candidates: int = Field(default=50, ge=1, le=1000)
+    #: A "same" candidate needs at least this score to be matched automatically; below it
+    #: (thin evidence, e.g. an initial and one identifier) a human decides.
+    clear_score: float = Field(default=0.9, gt=0, le=1)
+    #: "maybe" candidates score between this and clear_score, "different" ones below.
+    fuzzy_score: float = Field(default=0.5, gt=0, le=1)
+    #: A second "same" candidate within this distance of the best one makes the lead fuzzy.
+    competing_margin: float = Field(default=0.1, ge=0, le=1)
+    #: Edits (insert, delete, substitute, swap two letters) that still count as a typo of
+    #: a name of 4+ letters ("Fitzgerlad", "Baumgardner"); two known names never are.
+    name_max_edits: int = Field(default=1, ge=0, le=3)
+    #: ...and the Jaro-Winkler similarity such a typo must keep.
+    name_min_similarity: float = Field(default=0.85, ge=0, le=1)
+    #: Ranked candidates kept on the eLead and shown to humans.
+    max_shown: int = Field(default=5, ge=1, le=50)
+    #: A prospect with this many conflicting leads (their email/phone under other names,
+    #: the "canvasser typed their own email" pattern) no longer counts that contact as
+    #: identifying: only the very same name (or another identifier) matches through it.
+    shared_contact_conflicts: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MatchSettings:
+        if self.fuzzy_score > self.clear_score:
+            raise ValueError("fuzzy_score must not exceed clear_score")
+        return self
+
+
 class Settings(_Model):
     """Everything eleads needs to run; built once by :func:`load_settings`."""
 
@@ -237,6 +299,8 @@ class Settings(_Model):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     visits: VisitSettings = Field(default_factory=VisitSettings)
+    matching: MatchSettings = Field(default_factory=MatchSettings)
+    replies: ReplySettings = Field(default_factory=ReplySettings)
     accounts: list[AccountSettings] = Field(min_length=1)
     #: Where the settings came from (set by load_settings, not by the file).
     source: Path | None = Field(default=None, exclude=True)

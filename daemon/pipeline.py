@@ -6,7 +6,9 @@ spooled message turns into database rows. Its order is what makes retries safe:
 1. the dedupe key (Message-ID + body hash) already recorded -> finish, nothing new;
 2. parse (pure; never raises);
 3. hard-link the spool file into ``messages/`` (the raw bytes outlive the spool);
-4. one transaction: InboundMessage, eLead, audit event;
+4. one transaction: InboundMessage, eLead, match and conversion (convert.py), the
+   notifications it calls for (notify/outbox.py), audit; or, for a reply, the command
+   (commands/handle.py) and its result email;
 5. only then remove the spool file.
 
 A crash between any two steps leaves the message in the spool; the retry finds the link
@@ -30,8 +32,12 @@ from typing import Any
 
 import peewee as pw
 
+from daemon.commands.handle import ReplyHandler
 from daemon.config import Settings
+from daemon.convert import apply_decision
 from daemon.db.models import AuditEvent, ELead, InboundMessage, database_proxy
+from daemon.match import match_lead
+from daemon.notify.outbox import queue_for_elead
 from daemon.parse import parse_message
 from daemon.parse.model import ParseContext, ParseResult
 from daemon.routing import route_recipient
@@ -51,6 +57,7 @@ class _Prepared:
     result: ParseResult
     account_id: str | None
     location: str | None
+    raw: bytes = b""  # kept for replies only (Authentication-Results)
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,8 @@ class Pipeline:
             account_id, location = self._route_by_headers(raw)
         result = self._parse(raw, account_id)
         raw_path = self._archive(entry)
-        return _Prepared(entry, key, len(raw), raw_path, result, account_id, location)
+        keep = raw if result.kind == "reply" else b""
+        return _Prepared(entry, key, len(raw), raw_path, result, account_id, location, keep)
 
     def _record_savepoint(self, item: _Prepared) -> Outcome | Exception:
         try:
@@ -298,6 +306,15 @@ class Pipeline:
             detail=detail,
             received_at=_parse_time(envelope.received_at),
         )
+        if result.kind == "reply":
+            answered = ReplyHandler(settings=self.settings, now=_now()).handle(result, item.raw)
+            return Outcome(
+                result.message_id,
+                "reply",
+                answered.elead,
+                detail=answered.detail,
+                spool_id=entry.id,
+            )
         if result.kind != "lead":
             return Outcome(result.message_id, outcome, detail=detail, spool_id=entry.id)
         lead = dict(result.lead or {})
@@ -314,15 +331,40 @@ class Pipeline:
             header_date=_naive_utc(result.date),
             received_at=message.received_at,
         )
+        actor = f"pipeline:{envelope.listener}"
         AuditEvent.create(
-            actor=f"pipeline:{envelope.listener}",
+            actor=actor,
             action=f"elead_{state}",
             account=account,
             elead=elead,
             detail={"rule": result.rule, "problems": list(result.problems)},
         )
+        if state != "received" or account_id is None:
+            # Kept as failed_parse: the Conversion Issue email says what was missing.
+            queue_for_elead(
+                elead, settings=self.settings, outcome="failed", prospect_pid=None, now=_now()
+            )
+            return Outcome(
+                result.message_id, outcome, elead.public_id, detail=detail, spool_id=entry.id
+            )
+        # Reads see earlier messages of the same batch: two leads for one new person in
+        # one batch give one prospect, not two.
+        decision = match_lead(lead, account=account_id, settings=self.settings.matching)
+        conversion = apply_decision(elead, lead, decision, actor=actor)
+        queue_for_elead(
+            elead,
+            settings=self.settings,
+            outcome=conversion.outcome,
+            prospect_pid=conversion.prospect,
+            now=_now(),
+        )
         return Outcome(
-            result.message_id, outcome, elead.public_id, detail=detail, spool_id=entry.id
+            result.message_id,
+            conversion.outcome,
+            elead.public_id,
+            conversion.prospect,
+            detail=conversion.detail,
+            spool_id=entry.id,
         )
 
 
@@ -333,14 +375,16 @@ def _classify_outcome(result: ParseResult, account_id: str | None) -> tuple[str,
             return "failed", "no configured account for this message's recipients"
         if not (lead.get("email") or lead.get("phone")):
             return "failed", "lead without email or phone: " + "; ".join(result.problems)
-        # Matching and conversion (issue 5) decide created/matched/fuzzy; until then the
-        # eLead waits in state "received".
-        return "received", f"lead parsed by {result.rule}"
+        return "received", f"lead parsed by {result.rule}"  # then matched and converted
     if result.kind == "reply":
         return "reply", "reply command recorded"
     reason = {"auto_reply": "auto-reply", "bounce": "bounce"}.get(result.kind, "not a lead")
     problems = f": {'; '.join(result.problems)}" if result.problems else ""
     return "dropped", f"{reason} (kept in the message archive){problems}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _parse_time(value: str) -> datetime:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from daemon.db.thread import DBThread
 from daemon.errors import PermanentError
@@ -71,7 +72,11 @@ class SpoolRunner:
         self.idle_wait = idle_wait
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._committed: list[Callable[[], None]] = []
         spool.on_new_message(self._wakeup.set)
+
+    def on_batch_committed(self, callback: Callable[[], None]) -> None:
+        self._committed.append(callback)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -82,6 +87,8 @@ class SpoolRunner:
             entries = await self.db_thread.run(self.spool.claim_due, self.batch)
             # Once claimed, entries are finished even when stop() is called meanwhile.
             await self.db_thread.run(process_or_defer_batch, self.pipeline, self.spool, entries)
+            for callback in self._committed:
+                callback()
             if entries:
                 continue
             due = await self.db_thread.run(self.spool.next_due_in)

@@ -5,15 +5,20 @@ Each opens what it needs from ``Settings``, does one thing, and returns plain da
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from daemon.config import Settings
-from daemon.db.models import ELead, InboundMessage
+from daemon.convert import convert_manual
+from daemon.db.models import AuditEvent, ELead, InboundMessage, Prospect
 from daemon.errors import UsageError
+from daemon.notify.outbox import list_outbox
 from daemon.pipeline import Outcome
+from daemon.prospects import ImportReport, import_prospects, list_prospects
 from daemon.runner import process_or_defer
 from daemon.runtime import DataDirLock, Runtime, open_runtime
 from daemon.spool import Envelope
@@ -73,8 +78,14 @@ def ingest_messages(
         runtime.close()
 
 
-def _with_runtime(settings: Settings) -> Runtime:
-    return open_runtime(settings)
+@contextlib.contextmanager
+def _runtime(settings: Settings) -> Iterator[Runtime]:
+    """The database and spool for one CLI command, closed afterwards."""
+    runtime = open_runtime(settings)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 def elead_db_id(public_id: str) -> int:
@@ -98,21 +109,47 @@ def _elead_row(elead: ELead) -> dict[str, Any]:
 def list_eleads(
     settings: Settings, *, state: str | None = None, account: str | None = None
 ) -> list[dict[str, Any]]:
-    runtime = _with_runtime(settings)
-    try:
+    with _runtime(settings):
         query = ELead.select().order_by(ELead.id.desc())
         if state:
             query = query.where(ELead.state == state)
         if account:
             query = query.where(ELead.account == account)
         return [_elead_row(e) for e in query]
-    finally:
-        runtime.close()
+
+
+#: A candidate that has drawn this many leads under other names gets a warning.
+CONFLICT_WARNING_AT = 3
+
+
+def _candidates_with_warnings(elead: ELead) -> list[dict[str, Any]]:
+    rows = [dict(c) for c in elead.candidates or []]
+    pids = [c.get("prospect") for c in rows]
+    counts = {
+        p.pid: p.conflicting_leads
+        for p in Prospect.select(Prospect.pid, Prospect.conflicting_leads).where(
+            (Prospect.account == elead.account_id) & Prospect.pid.in_(pids)
+        )
+    }
+    for row in rows:
+        n = counts.get(str(row.get("prospect")), 0)
+        if n >= CONFLICT_WARNING_AT:
+            row["warning"] = (
+                f"{row['prospect']} has drawn {n} leads under other names that share its "
+                "email or phone: check before merging anything into it"
+            )
+    return rows
+
+
+def _history(elead: ELead) -> list[dict[str, Any]]:
+    return [
+        {"at": a.at.isoformat(), "actor": a.actor, "action": a.action}
+        for a in AuditEvent.select().where(AuditEvent.elead == elead).order_by(AuditEvent.id)
+    ]
 
 
 def show_elead(settings: Settings, public_id: str) -> dict[str, Any]:
-    runtime = _with_runtime(settings)
-    try:
+    with _runtime(settings):
         elead = ELead.get_or_none(ELead.id == elead_db_id(public_id))
         if elead is None:
             raise UsageError(f"no eLead {public_id}")
@@ -127,37 +164,62 @@ def show_elead(settings: Settings, public_id: str) -> dict[str, Any]:
             "header_date": elead.header_date.isoformat() if elead.header_date else None,
             "lead": (elead.parse or {}).get("lead"),
             "problems": elead.problems,
-            "candidates": elead.candidates,
+            "candidates": _candidates_with_warnings(elead),
+            "history": _history(elead),
         }
-    finally:
-        runtime.close()
 
 
 def spool_counts(settings: Settings) -> dict[str, int]:
-    runtime = _with_runtime(settings)
-    try:
+    with _runtime(settings) as runtime:
         spool = runtime.spool
         return {
             name: len(list(spool.dir(name).glob("*.msg"))) for name in ("queue", "active", "failed")
         }
-    finally:
-        runtime.close()
 
 
 def failed_messages(settings: Settings) -> list[dict[str, Any]]:
-    runtime = _with_runtime(settings)
-    try:
+    with _runtime(settings) as runtime:
         return list(runtime.spool.failed())
-    finally:
-        runtime.close()
 
 
 def requeue_failed(settings: Settings, spool_ids: list[str] | None) -> int:
-    runtime = _with_runtime(settings)
-    try:
+    with _runtime(settings) as runtime:
         ids = spool_ids if spool_ids is not None else [r["id"] for r in runtime.spool.failed()]
         for spool_id in ids:
             runtime.spool.requeue(spool_id)
         return len(ids)
-    finally:
-        runtime.close()
+
+
+def convert_elead(
+    settings: Settings, public_id: str, *, use: str | None, new: bool, actor: str
+) -> dict[str, Any]:
+    with _runtime(settings):
+        done = convert_manual(elead_db_id(public_id), use=use, new=new, actor=actor)
+        return {
+            "elead": done.elead,
+            "outcome": done.outcome,
+            "prospect": done.prospect,
+            "detail": done.detail,
+        }
+
+
+def import_prospects_file(settings: Settings, path: Path, *, account: str) -> ImportReport:
+    account_settings = settings.account(account)
+    if account_settings is None:
+        raise UsageError(f"unknown account {account!r}")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    with _runtime(settings):
+        return import_prospects(path, account=account, default_region=account_settings.country)
+
+
+def prospects(settings: Settings, *, account: str | None) -> list[dict[str, Any]]:
+    with _runtime(settings):
+        rows: list[dict[str, Any]] = list_prospects(account=account)
+        return rows
+
+
+def outbox_rows(settings: Settings, *, status: str | None = None) -> list[dict[str, Any]]:
+    with _runtime(settings):
+        rows: list[dict[str, Any]] = list_outbox(status=status)
+        return rows

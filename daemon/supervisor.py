@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from daemon.config import ENV_DATA_DIR, Settings
 
@@ -23,15 +24,27 @@ class WorkerSupervisor:
         self.nice = nice
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
-        self._wanted_wakeup = False
+        self._committed: list[Callable[[], None]] = []
         self.restarts = 0
+
+    def on_batch_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the loop whenever the worker has committed a batch."""
+        self._committed.append(callback)
+
+    async def _read_signals(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while await proc.stdout.read(4096):
+            for callback in self._committed:
+                callback()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", "daemon.worker", "--nice", str(self.nice)]
         if self.settings.source is not None:
             args += ["--config", str(self.settings.source)]
         env = {**os.environ, ENV_DATA_DIR: str(self.settings.data_dir)}
-        proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE, env=env)
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+        )
         log.info("event=worker_spawned pid=%d", proc.pid)
         return proc
 
@@ -49,7 +62,9 @@ class WorkerSupervisor:
         while not self._stopping:
             self._proc = await self._spawn()
             self.wake()  # whatever is queued already
+            signals = asyncio.create_task(self._read_signals(self._proc))
             code = await self._proc.wait()
+            await signals
             if self._stopping:
                 break
             self.restarts += 1

@@ -7,12 +7,15 @@ listeners keep accepting at full speed and the worker catches up from the durabl
 
 The parent writes one byte to the worker's stdin whenever new messages are durable (a
 wake-up); end of file on stdin means the parent is gone (or stopping), and the worker
-finishes the batch it holds and exits. SIGTERM does the same.
+finishes the batch it holds and exits. SIGTERM does the same. In the other direction the
+worker writes one byte to its stdout after each committed batch, so the parent can wake
+its outbox sender at once instead of polling.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import select
@@ -44,6 +47,12 @@ def _wait_for_wakeup(timeout: float) -> bool:
         if not data:
             return False
     return True
+
+
+def _tell_parent() -> None:
+    """One byte on stdout: "a batch was committed" (the parent may have mail to send)."""
+    with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+        os.write(sys.stdout.fileno(), b"c")
 
 
 def run(config: str | None, *, nice: int) -> int:
@@ -79,6 +88,7 @@ def _loop(runtime: Runtime, stop: _Stop) -> None:
                     process_or_defer_batch(runtime.pipeline, runtime.spool, entries)
                 except Exception:
                     log.exception("event=worker_batch_error count=%d", len(entries))
+                _tell_parent()
                 # Between batches, notice a parent that stopped: leave the rest queued.
                 if not _wait_for_wakeup(0):
                     break

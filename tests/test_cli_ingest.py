@@ -43,7 +43,9 @@ def test_ingest_files_folders_mbox_and_maildir(make_config: Any, tmp_path: Path)
     assert len(lines) == 6
     for line in lines:
         assert set(line) == {"message_id", "outcome", "elead", "prospect", "detail"}
-        assert line["outcome"] == "received" and line["elead"].startswith("E-")
+        # Six different people, no prospects yet: each becomes a new prospect.
+        assert line["outcome"] == "created" and line["elead"].startswith("E-")
+        assert line["prospect"].startswith("P")
     assert sorted(line["message_id"] for line in lines) == [
         f"form-{n:06d}@acme-roofing.example" for n in range(1, 7)
     ]
@@ -53,7 +55,7 @@ def test_ingest_files_folders_mbox_and_maildir(make_config: Any, tmp_path: Path)
     listed = json.loads(cli("list", "--config", str(config), "--json").stdout)
     assert len(listed) == 6
     assert set(listed[0]) == {"id", "state", "message_id", "account", "prospect", "received_at"}
-    assert {row["state"] for row in listed} == {"received"}
+    assert {row["state"] for row in listed} == {"converted"}
     shown = json.loads(cli("show", lines[0]["elead"], "--config", str(config), "--json").stdout)
     assert shown["lead"]["email"] == "person1@example.org"
     assert shown["account"] == "demo"
@@ -87,7 +89,7 @@ def test_ingest_force_account_and_errors(make_config: Any, tmp_path: Path) -> No
     assert line["outcome"] == "failed" and "no configured account" in line["detail"]
     (tmp_path / "y.eml").write_bytes(lead_bytes(10))
     (line,) = ingest(config, tmp_path / "y.eml", extra=("--account", "cars"))
-    assert line["outcome"] == "received"
+    assert line["outcome"] == "created"
     shown = json.loads(cli("show", line["elead"], "--config", str(config), "--json").stdout)
     assert shown["account"] == "cars"
     out = cli("ingest", str(tmp_path / "y.eml"), "--config", str(config), "--account", "nope")

@@ -68,3 +68,32 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
         == newest
     )
     db.close()
+
+
+def test_version_1_database_is_upgraded(tmp_path: Path) -> None:
+    """A database made by the first release (no blocking keys, no counters) migrates."""
+    path = tmp_path / "e.db"
+    db = open_database(f"sqlite:///{path}")
+    # Take it back to what version 1 created.
+    db.execute_sql("DROP TABLE prospect_key")
+    for table, keep in (
+        ("account", "id, name, country, created_at"),
+        (
+            "prospect",
+            "id, account_id, pid, first_name, last_name, email, phone, "
+            "phone_alt, street, city, region, postal_code, country, "
+            "created_at, updated_at",
+        ),
+    ):
+        db.execute_sql(f"CREATE TABLE {table}_v1 AS SELECT {keep} FROM {table}")
+        db.execute_sql(f"DROP TABLE {table}")
+        db.execute_sql(f"ALTER TABLE {table}_v1 RENAME TO {table}")
+    db.execute_sql("DELETE FROM schema_migrations WHERE version > 1")
+    db.close()
+    db = open_database(f"sqlite:///{path}")
+    assert "prospect_key" in db.get_tables()
+    assert "prospect_seq" in {c.name for c in db.get_columns("account")}
+    assert "conflicting_leads" in {c.name for c in db.get_columns("prospect")}
+    versions = [v for (v,) in db.execute_sql("select version from schema_migrations")]
+    assert versions == list(range(1, discover()[-1].version + 1))
+    db.close()

@@ -57,7 +57,8 @@ def test_accepted_lead_is_spooled_then_stored(
     # The raw bytes are kept exactly as received, outside the spool.
     assert read_spool_file(Path(row.raw_path))[1] == LEAD
     elead = ELead.get(ELead.message == row)
-    assert elead.account_id == "demo" and elead.state == "received"
+    assert elead.account_id == "demo" and elead.state == "converted"
+    assert elead.prospect is not None  # a new prospect: nobody to match yet
     assert elead.message_id == "form-0001@acme-roofing.example"
     assert not list(daemon.daemon.runtime.spool.dir("queue").iterdir())
 

@@ -52,6 +52,8 @@ class Account(BaseModel):
     id = pw.CharField(primary_key=True, max_length=64)
     name = pw.CharField(null=True)
     country = pw.CharField(max_length=2, default="US")
+    #: Highest N of the account's "P<N>" prospect ids handed out or imported.
+    prospect_seq = pw.IntegerField(default=0)
     created_at = pw.DateTimeField(default=utcnow)
 
 
@@ -100,11 +102,25 @@ class Prospect(BaseModel):
     region = pw.CharField(null=True)
     postal_code = pw.CharField(max_length=32, null=True)
     country = pw.CharField(max_length=2, null=True)
+    #: Leads that shared an email/phone with this prospect under another name (the
+    #: "canvasser typed their own email" pattern); shown as a warning by `eleads show`.
+    conflicting_leads = pw.IntegerField(default=0)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
     class Meta:
         indexes = ((("account", "pid"), True),)
+
+
+class ProspectKey(BaseModel):
+    """Blocking keys (see daemon/match/keys.py): candidate retrieval without a full scan."""
+
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE")
+    prospect = pw.ForeignKeyField(Prospect, backref="keys", on_delete="CASCADE")
+    key = pw.CharField(max_length=255)
+
+    class Meta:
+        indexes = ((("account", "key"), False), (("prospect", "key"), True))
 
 
 class ELead(BaseModel):
@@ -137,6 +153,7 @@ class ELead(BaseModel):
 
 
 class LeadSource(BaseModel):
+    id = pw.AutoField()
     prospect = pw.ForeignKeyField(Prospect, backref="lead_sources", on_delete="CASCADE")
     elead = pw.ForeignKeyField(ELead, unique=True, backref="lead_sources", on_delete="CASCADE")
     source = pw.CharField(null=True)
@@ -149,6 +166,7 @@ class LeadSource(BaseModel):
 
 
 class Notification(BaseModel):
+    id = pw.AutoField()
     account = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL")
     kind = pw.CharField(max_length=32)
     to = JSONField(default=list)
@@ -167,6 +185,7 @@ class Notification(BaseModel):
 
 
 class AuditEvent(BaseModel):
+    id = pw.AutoField()
     at = pw.DateTimeField(default=utcnow, index=True)
     actor = pw.CharField()
     action = pw.CharField(max_length=64)
@@ -176,13 +195,36 @@ class AuditEvent(BaseModel):
     detail = JSONField(default=dict)
 
 
+class ReplyToken(BaseModel):
+    """A Conversion Issue reply address token (daemon/commands/tokens.py).
+
+    Only the SHA-256 of the token is stored, so a copy of the database does not let
+    anyone answer for a human; it is bound to one eLead and account, expires, and is
+    single use (``used_at``/``used_by`` say who spent it).
+    """
+
+    id = pw.AutoField()
+    elead_id: int
+    account_id: str
+
+    elead = pw.ForeignKeyField(ELead, backref="reply_tokens", on_delete="CASCADE")
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField()
+    used_at = pw.DateTimeField(null=True)
+    used_by = pw.TextField(null=True)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Account,
     Location,
     InboundMessage,
     Prospect,
+    ProspectKey,
     ELead,
     LeadSource,
     Notification,
     AuditEvent,
+    ReplyToken,
 )

@@ -1,0 +1,110 @@
+"""Candidate retrieval: indexed look-ups of a lead's blocking keys (read only).
+
+One small query per key on the ``(account, key)`` index, each with its own LIMIT, then
+one query for the prospects found. A key shared by a crowd (a canvasser's email on a
+hundred leads) cannot push the others out, and no query ever scans the prospect table;
+:func:`explain` shows the plan so tests and the benchmark can check it.
+
+The SQL of the key look-up is built once by peewee for the bound database (quoting and
+parameter style) and then run with ``execute_sql``: building the query object anew for
+each of a lead's ten keys would cost more than the look-ups themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from daemon.config import MatchSettings
+from daemon.db.models import Prospect, ProspectKey, database_proxy
+from daemon.match.keys import query_keys
+
+#: Share of ``max_candidates`` that one key of each kind may bring.
+_KIND_SHARE = {"e": 0.5, "p": 0.5, "a": 0.5, "n": 1.0, "f": 0.5, "c": 1.0, "g": 0.2}
+
+PROSPECT_FIELDS: tuple[str, ...] = (
+    "id",
+    "pid",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "phone_alt",
+    "street",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    "conflicting_leads",
+)
+
+_sql_cache: dict[int, str] = {}
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """The prospects found for a lead, and the keys that hit their limit (crowded)."""
+
+    prospects: tuple[dict[str, Any], ...]
+    crowded: frozenset[str]
+
+
+def _lookup_sql() -> str:
+    db = database_proxy.obj
+    sql = _sql_cache.get(id(db))
+    if sql is None:
+        query = (
+            ProspectKey.select(ProspectKey.prospect)
+            .where((ProspectKey.account == "") & (ProspectKey.key == ""))
+            .limit(1)
+        )
+        sql, _ = query.sql()
+        _sql_cache[id(db)] = sql
+    return sql
+
+
+def key_limit(key: str, settings: MatchSettings) -> int:
+    return max(1, int(settings.max_candidates * _KIND_SHARE.get(key[:1], 1.0)))
+
+
+def _load(ids: list[int]) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    fields = [getattr(Prospect, name) for name in PROSPECT_FIELDS]
+    rows: Any = Prospect.select(*fields).where(Prospect.id.in_(ids)).tuples()
+    found = {row[0]: dict(zip(PROSPECT_FIELDS, row, strict=True)) for row in rows}
+    return [found[i] for i in ids if i in found]
+
+
+def fetch_candidates(
+    lead: Mapping[str, Any], *, account: str, settings: MatchSettings
+) -> Retrieved:
+    """The prospects of ``account`` that share at least one key with ``lead``.
+
+    Ordered by the strength of the first key that found them (email before name).
+    """
+    sql = _lookup_sql()
+    seen: dict[int, None] = {}
+    crowded: set[str] = set()
+    for key in query_keys(lead):
+        limit = key_limit(key, settings)
+        cursor = database_proxy.execute_sql(sql, (account, key, limit))
+        found = [row[0] for row in cursor.fetchall()]
+        if len(found) >= limit:
+            crowded.add(key)
+        for prospect_id in found:
+            seen.setdefault(prospect_id, None)
+    return Retrieved(tuple(_load(list(seen))), frozenset(crowded))
+
+
+def explain(account: str, key: str) -> list[str]:
+    """SQLite's query plan of one key look-up (for tests and the benchmark)."""
+    db = database_proxy.obj
+    if not isinstance(db, pw.SqliteDatabase):
+        return []
+    plan = "EXPLAIN QUERY PLAN " + _lookup_sql()
+    rows = database_proxy.execute_sql(plan, (account, key, 1)).fetchall()
+    return [str(row[-1]) for row in rows]
