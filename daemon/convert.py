@@ -16,6 +16,7 @@ from typing import Any
 
 import peewee as pw
 
+from daemon.db import write_transaction
 from daemon.db.models import AuditEvent, ELead, LeadSource, Prospect, database_proxy, utcnow
 from daemon.errors import CommandError, UsageError
 from daemon.match import Candidate, Decision
@@ -140,7 +141,7 @@ def convert_manual(
     """A human's decision: add the eLead to prospect ``use``, or make a new prospect."""
     if (use is None) == (not new):
         raise UsageError("give exactly one of --use PROSPECT_ID or --new")
-    with database_proxy.atomic():
+    with write_transaction():
         elead = _open_elead(elead_id)
         lead = dict((elead.parse or {}).get("lead") or {})
         assert elead.account_id is not None
@@ -168,7 +169,7 @@ def convert_manual(
 
 def ignore(elead_id: int, *, actor: str) -> Conversion:
     """Resolved without creating anything (a human said IGNORE)."""
-    with database_proxy.atomic():
+    with write_transaction():
         elead = _open_elead(elead_id)
         previous = elead.state
         _finish(elead, "ignored", None)

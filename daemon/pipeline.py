@@ -35,6 +35,7 @@ import peewee as pw
 from daemon.commands.handle import ReplyHandler
 from daemon.config import Settings
 from daemon.convert import apply_decision
+from daemon.db import write_transaction
 from daemon.db.models import AuditEvent, ELead, InboundMessage, database_proxy
 from daemon.match import match_lead
 from daemon.notify.outbox import queue_for_elead
@@ -199,7 +200,7 @@ class Pipeline:
                 prepared.append(ready)
         if prepared:
             try:
-                with database_proxy.atomic():
+                with write_transaction():
                     for item in prepared:
                         results[item.entry.id] = self._record_savepoint(item)
             except Exception as exc:  # noqa: BLE001 - the commit failed: retry them all
@@ -308,6 +309,9 @@ class Pipeline:
         )
         if result.kind == "reply":
             answered = ReplyHandler(settings=self.settings, now=_now()).handle(result, item.raw)
+            InboundMessage.update(detail=answered.detail).where(
+                InboundMessage.id == message.id
+            ).execute()
             return Outcome(
                 result.message_id,
                 "reply",

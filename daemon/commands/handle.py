@@ -189,7 +189,8 @@ class ReplyHandler:
             .where(
                 (Notification.kind == "command_result")
                 & (Notification.created_at >= since)
-                & Notification.to.contains(f'"{sender}"')
+                # cast: a JSONField would JSON-encode the LIKE pattern itself
+                & Notification.to.cast("TEXT").contains(f'"{sender}"')
             )
             .count()
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import peewee as pw
@@ -50,6 +51,16 @@ def make_database(url: str) -> pw.Database:
     if parsed.scheme in ("postgres", "postgresql"):
         raise ConfigError(f"database.url: PostgreSQL is not supported yet: {parsed.scheme}")
     raise ConfigError(f"database.url: unsupported scheme {parsed.scheme!r}")
+
+
+def write_transaction() -> Any:
+    """A transaction that will write: on SQLite, take the write lock up front (BEGIN
+    IMMEDIATE). A deferred transaction that reads first cannot wait for the lock when it
+    later writes ("database is locked" at once, busy_timeout or not). Nested in another
+    transaction it is a savepoint, as ``atomic()`` is."""
+    if isinstance(database_proxy.obj, pw.SqliteDatabase):
+        return database_proxy.atomic("IMMEDIATE")
+    return database_proxy.atomic()
 
 
 def migrate(db: pw.Database) -> int:

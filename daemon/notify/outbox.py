@@ -162,7 +162,7 @@ def _candidates(elead: ELead, region: str, reply: tuple[str, str]) -> list[dict[
                 "prospect": pid,
                 "score": f"{float(score):.2f}" if isinstance(score, int | float) else None,
                 "verdict": cand.get("verdict"),
-                "name": format_name(summary) or "(no name)",
+                "name": summary.get("name") or format_name(summary) or "(no name)",
                 "contact": ", ".join(str(x) for x in contact) or None,
                 "address": format_address(summary),
                 "last_source": last.get(pid),
