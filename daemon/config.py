@@ -255,7 +255,7 @@ class MatchSettings(_Model):
     must reach ``clear_score`` for an automatic match.
     """
 
-    #: Candidates retrieved per blocking key (email/phone/address keys take half, the
+    #: Candidates retrieved per blocking key, at most (each kind takes half of it, the
     #: name-anywhere key a fifth): a few dozen per lead whatever the account's size.
     max_candidates: int = Field(default=50, ge=1, le=1000)
     #: A "same" candidate needs at least this score to be matched automatically; below it
@@ -268,13 +268,14 @@ class MatchSettings(_Model):
     #: Edits (insert, delete, substitute, swap two letters) that still count as a typo of
     #: a name of 4+ letters ("Fitzgerlad", "Baumgardner"); two known names never are.
     name_max_edits: int = Field(default=1, ge=0, le=3)
-    #: ...and the Jaro-Winkler similarity such a typo must keep.
-    name_min_similarity: float = Field(default=0.85, ge=0, le=1)
+    #: ...and the similarity (1 - edits / length) such a typo must keep, unless it is a
+    #: swap of two letters: "Nowak"/"Novak" is 0.8, "Hall"/"Hill" 0.75 (two names).
+    name_min_similarity: float = Field(default=0.8, ge=0, le=1)
     #: Ranked candidates kept on the eLead and shown to humans.
     max_shown: int = Field(default=5, ge=1, le=50)
-    #: A prospect with this many conflicting leads (their email/phone under other names,
-    #: the "canvasser typed their own email" pattern) no longer counts that contact as
-    #: identifying: only the very same name (or another identifier) matches through it.
+    #: An email/phone held by this many families (surnames) among the candidates, or a
+    #: prospect with this many conflicting leads (the "canvasser typed their own email"
+    #: pattern), no longer counts as identifying: a match through it needs another one.
     shared_contact_conflicts: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")

@@ -91,12 +91,14 @@ def apply_decision(
     detail = {"candidates": ranked, "reasons": list(decision.reasons)}
     with database_proxy.atomic():
         elead.candidates = ranked
+        # Every outcome counts conflicts (a family mailbox: Nina matches, Paul conflicts);
+        # the matcher stops trusting a contact shared by too many names.
+        conflicted = [c.prospect_id for c in decision.candidates if c.conflict]
+        if conflicted:
+            Prospect.update(conflicting_leads=Prospect.conflicting_leads + 1).where(
+                Prospect.id.in_(conflicted)
+            ).execute()
         if decision.outcome == "fuzzy":
-            conflicted = [c.prospect_id for c in decision.candidates if c.conflict]
-            if conflicted:
-                Prospect.update(conflicting_leads=Prospect.conflicting_leads + 1).where(
-                    Prospect.id.in_(conflicted)
-                ).execute()
             _finish(elead, "unconverted", None)
             _audit(elead, "elead_fuzzy", actor, None, detail)
             return Conversion(

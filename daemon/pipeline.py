@@ -316,6 +316,7 @@ class Pipeline:
                 result.message_id,
                 "reply",
                 answered.elead,
+                answered.prospect,
                 detail=answered.detail,
                 spool_id=entry.id,
             )

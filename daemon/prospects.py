@@ -4,11 +4,12 @@ A prospect's id is a string: ``P<n>`` from ``Account.prospect_seq`` for new ones
 CSV's ``id`` column when imported. Every write also maintains the prospect's blocking
 keys (daemon/match/keys.py), which is what makes matching an indexed look-up.
 
-Import speed (>= 20k prospects/s) comes from three things: rows are validated with the
-same normalisers the parsers use (daemon/parse/normalise.py) but behind caches for what
-repeats (a phone number's NANP exchange, an email's domain); prospects and keys are
-written with one ``executemany`` per batch of a statement peewee builds (``insert_many``
-converts each value in Python and is four times slower); one transaction per batch.
+Import speed: rows are validated with the normalisers the parsers use
+(daemon/parse/normalise.py) behind caches for what repeats (a number's NANP exchange, an
+email's domain, names and places); prospects and keys are written with one
+``executemany`` per batch of a statement peewee builds (``insert_many`` converts each
+value in Python: four times slower), one transaction per batch, with a page cache big
+enough for the key index while the import runs (benchmarks/match.py has the numbers).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import peewee as pw
 
+from daemon.db import write_transaction
 from daemon.db.models import Account, LeadSource, Prospect, ProspectKey, database_proxy, utcnow
 from daemon.errors import UsageError
-from daemon.match.keys import blocking_keys, city_key, postal_key
+from daemon.match.keys import blocking_keys, city_key, e164, email_address, postal_key
 from daemon.parse import normalise
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ _ADDRESS = FIELDS[5:]
 _ID_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _P_NUMBER_RE = re.compile(r"^[Pp](\d{1,18})$")
 MAX_PROBLEMS = 1000
+#: SQLite page cache while importing (allocated only as pages are used).
+IMPORT_CACHE_KIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -70,26 +75,17 @@ def _tuples(query: Any) -> list[tuple[Any, ...]]:
 
 def _reserve_pids(account: str, count: int) -> list[str]:
     """Take ``count`` numbers from the account's counter (one atomic UPDATE)."""
-    updated = (
-        Account.update(prospect_seq=Account.prospect_seq + count)
-        .where(Account.id == account)
-        .execute()
-    )
-    if not updated:
+    query = Account.update(prospect_seq=Account.prospect_seq + count).where(Account.id == account)
+    if not query.execute():
         raise UsageError(f"no account {account!r}")
     top = int(Account.select(Account.prospect_seq).where(Account.id == account).scalar())
     return [f"P{n}" for n in range(top - count + 1, top + 1)]
 
 
-def _existing_pids(account: str, pids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(pids), 500):
-        chunk = list(pids[start : start + 500])
-        query = Prospect.select(Prospect.pid).where(
-            (Prospect.account == account) & Prospect.pid.in_(chunk)
-        )
-        found.update(str(p) for (p,) in _tuples(query))
-    return found
+def _pid_taken(account: str, pid: str) -> bool:
+    return bool(
+        Prospect.select().where((Prospect.account == account) & (Prospect.pid == pid)).exists()
+    )
 
 
 @functools.cache
@@ -135,7 +131,7 @@ def create_prospect(fields: Mapping[str, Any], *, account: str) -> Prospect:
     values = _clean_fields(fields)
     with database_proxy.atomic():
         pid = _reserve_pids(account, 1)[0]
-        while _existing_pids(account, [pid]):  # an id imported out of sequence
+        while _pid_taken(account, pid):  # an id imported out of sequence
             pid = _reserve_pids(account, 1)[0]
         prospect = Prospect.create(account=account, pid=pid, **values)
         _write_keys(account, [(int(prospect.id), blocking_keys(values))])
@@ -196,48 +192,6 @@ def list_prospects(*, account: str | None) -> list[dict[str, Any]]:
 
 # --- import -----------------------------------------------------------------------------
 
-_NANP_SHAPE = re.compile(r"^(?:\+?1[\s.\-]?)?\(?\d{3}\)?[\s.\-]?\d{3}[\s.\-]?\d{4}$")
-_PLAIN_EMAIL = re.compile(
-    r"^[A-Za-z0-9_%+\-]+(?:\.[A-Za-z0-9_%+\-]+)*@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)$"
-)
-
-
-@functools.lru_cache(maxsize=65536)
-def _nanp_exchange_valid(prefix: str) -> bool:
-    """Whether +1 numbers starting with this area code + exchange are valid.
-
-    libphonenumber's NANP patterns decide on the first six digits and end in ``\\d{4}``,
-    so one full check per exchange stands for all its numbers.
-    """
-    return normalise.phone(f"+1{prefix}0100", ("US",)) is not None
-
-
-@functools.lru_cache(maxsize=4096)
-def _domain_valid(domain: str) -> bool:
-    return normalise.email(f"x@{domain}") is not None
-
-
-def _phone(value: str, regions: tuple[str, ...]) -> str | None:
-    """normalise.phone, with a fast path for the common NANP spellings."""
-    if _NANP_SHAPE.match(value) and (value.startswith("+1") or regions[0] in ("US", "CA")):
-        digits = re.sub(r"\D", "", value)[-10:]
-        if _nanp_exchange_valid(digits[:6]):
-            return f"+1{digits}"
-    return normalise.phone(value, regions)
-
-
-def _email(value: str) -> str | None:
-    """normalise.email, with a fast path for plain ASCII addresses of a known-good domain."""
-    found = _PLAIN_EMAIL.match(value)
-    if (
-        found
-        and len(value) <= 254
-        and value.index("@") <= 64
-        and _domain_valid(found.group(1).lower())
-    ):
-        return value.lower()
-    return normalise.email(value)
-
 
 @functools.lru_cache(maxsize=4096)
 def _place(country_text: str | None, postal: str | None, region: str | None) -> tuple[Any, ...]:
@@ -279,11 +233,11 @@ def _normalise_row(
     regions = tuple(dict.fromkeys(r for r in (country, hint, default_region.upper()) if r))
     for name in ("phone", "phone_alt"):
         text = normalise.clean(raw.get(name), 64)
-        values[name] = _phone(text, regions) if text else None
+        values[name] = e164(text, regions) if text else None
         if text and not values[name]:
             return values, f"{name} {text!r} is not a phone number"
     text = normalise.clean(raw.get("email"), 254)
-    values["email"] = _email(text) if text else None
+    values["email"] = email_address(text) if text else None
     if text and not values["email"]:
         return values, f"email {text!r} is not an email address"
     if not any(values[n] for n in ("first_name", "last_name", "email", "phone")):
@@ -323,8 +277,10 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 class _Importer:
     """One import run: what was seen and taken across batches, and the batch writer."""
 
-    def __init__(self, account: str, default_region: str) -> None:
-        self.account, self.default_region = account, default_region
+    def __init__(self, account: str, default_region: str, path: Path) -> None:
+        self.account, self.default_region, self.path = account, default_region, path
+        #: The file's P-numbers were read ahead (needed before numbering id-less rows).
+        self.scanned = False
         self.ids: dict[str, int] = {}
         self.prints: dict[tuple[str, ...], int] = {}
         self.problems: list[str] = []
@@ -375,8 +331,11 @@ class _Importer:
         return {_fingerprint(p) for p in records} if ids else set()
 
     def flush(self, batch: list[_Row]) -> None:
-        """Insert one batch and its keys in one transaction; known id-less records skip."""
-        with database_proxy.atomic():
+        """Insert one batch and its keys in one transaction; known id-less records skip.
+
+        The write lock is taken up front: a transaction that reads first cannot wait for
+        it behind a busy daemon (see daemon.db.write_transaction)."""
+        with write_transaction():
             anonymous = [r for r in batch if r.pid is None]
             if anonymous:
                 known = self._known_prints(anonymous)
@@ -384,6 +343,9 @@ class _Importer:
                     self.problem(r.line, "this prospect already exists; skipped")
                     batch.remove(r)
                     anonymous.remove(r)
+            if anonymous and not self.scanned:
+                _bump_seq(self.account, _top_p_number(_records(self.path)))
+                self.scanned = True
             while anonymous:
                 for r, pid in zip(
                     anonymous, _reserve_pids(self.account, len(anonymous)), strict=True
@@ -404,23 +366,38 @@ class _Importer:
         # In prospect order: three of the key table's four indexes then only append.
         keys = [(self.account, ids[str(r.pid)], k) for r in rows for k in sorted(r.keys)]
         _executemany(ProspectKey, _KEY_COLUMNS, keys)
+        _bump_seq(self.account, _top_p_number((r.line, {"id": str(r.pid)}) for r in rows))
         self.taken.update(str(r.pid) for r in rows)
         self.imported += len(rows)
 
 
-def _bump_seq(account: str, path: Path) -> None:
-    """Move the account's counter past the highest "P<n>" id of the file."""
-    top = 0
-    for _, raw in _records(path):
-        found = _P_NUMBER_RE.match((raw.get("id") or "").strip())
-        if found:
-            top = max(top, int(found.group(1)))
-    if not Account.select().where(Account.id == account).exists():
-        raise UsageError(f"no account {account!r}")
+def _top_p_number(records: Iterable[tuple[int, Mapping[str, str]]]) -> int:
+    """The highest N of the "P<N>" ids among ``records``."""
+    numbers = (_P_NUMBER_RE.match((raw.get("id") or "").strip()) for _, raw in records)
+    return max((int(m.group(1)) for m in numbers if m), default=0)
+
+
+def _bump_seq(account: str, top: int) -> None:
+    """Move the account's counter past ``top`` (an imported "P<top>")."""
     query = Account.update(prospect_seq=top).where(
         (Account.id == account) & (Account.prospect_seq < top)
     )
     query.execute()
+
+
+@contextmanager
+def _page_cache(kib: int) -> Iterator[None]:
+    """A bigger SQLite page cache while importing: the key index is written all over."""
+    db = database_proxy.obj
+    if not isinstance(db, pw.SqliteDatabase):
+        yield
+        return
+    before = database_proxy.execute_sql("PRAGMA cache_size").fetchone()[0]
+    database_proxy.execute_sql(f"PRAGMA cache_size = {-abs(int(kib))}")
+    try:
+        yield
+    finally:
+        database_proxy.execute_sql(f"PRAGMA cache_size = {int(before)}")
 
 
 def import_prospects(
@@ -436,19 +413,20 @@ def import_prospects(
         columns, ignored = _header(next(csv.reader(handle), []))
     if not set(columns) & set(FIELDS):
         return ImportReport(0, 0, ("no prospect columns in the header line",))
-    with database_proxy.atomic():
-        _bump_seq(account, path)
-    importer = _Importer(account, default_region)
+    if not Account.select().where(Account.id == account).exists():
+        raise UsageError(f"no account {account!r}")
+    importer = _Importer(account, default_region, path)
     importer.problems.extend(ignored)
     batch: list[_Row] = []
-    for line, raw in _records(path):
-        if (row := importer.row(line, raw)) is not None:
-            batch.append(row)
-        if len(batch) >= batch_size:
+    with _page_cache(IMPORT_CACHE_KIB):
+        for line, raw in _records(path):
+            if (row := importer.row(line, raw)) is not None:
+                batch.append(row)
+            if len(batch) >= batch_size:
+                importer.flush(batch)
+                batch = []
+        if batch:
             importer.flush(batch)
-            batch = []
-    if batch:
-        importer.flush(batch)
     log.info(
         "event=prospects_imported account=%s imported=%d skipped=%d seconds=%.2f",
         *(account, importer.imported, importer.skipped, time.perf_counter() - started),

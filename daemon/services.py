@@ -210,7 +210,9 @@ def import_prospects_file(settings: Settings, path: Path, *, account: str) -> Im
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     with _runtime(settings):
-        return import_prospects(path, account=account, default_region=account_settings.country)
+        return import_prospects(
+            path, account=account, default_region=account_settings.country, batch_size=20_000
+        )
 
 
 def prospects(settings: Settings, *, account: str | None) -> list[dict[str, Any]]:

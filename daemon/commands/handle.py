@@ -167,7 +167,9 @@ class ReplyHandler:
         self._answer(
             sender, result, elead, outcome.summary, outcome.details, limited=not outcome.applied
         )
-        return ReplyOutcome(elead.public_id, f"{action}: {outcome.summary}")
+        elead = ELead.get_by_id(elead.id)  # the command may have converted it
+        prospect = elead.prospect.pid if elead.prospect is not None else None
+        return ReplyOutcome(elead.public_id, f"{action}: {outcome.summary}", prospect)
 
     def _apply(self, run: Any, ctx: CommandContext, token: str | None) -> CommandResult:
         with database_proxy.atomic() as savepoint:

@@ -115,8 +115,10 @@ class Prospect(BaseModel):
 class ProspectKey(BaseModel):
     """Blocking keys (see daemon/match/keys.py): candidate retrieval without a full scan."""
 
-    account = pw.ForeignKeyField(Account, on_delete="CASCADE")
-    prospect = pw.ForeignKeyField(Prospect, backref="keys", on_delete="CASCADE")
+    # No per-column indexes: (account, key) and (prospect, key) cover every look-up, and
+    # each extra index costs a random insert per key row on import.
+    account = pw.ForeignKeyField(Account, on_delete="CASCADE", index=False)
+    prospect = pw.ForeignKeyField(Prospect, backref="keys", on_delete="CASCADE", index=False)
     key = pw.CharField(max_length=255)
 
     class Meta:

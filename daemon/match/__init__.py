@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from daemon.config import MatchSettings
-from daemon.match.decide import Candidate, Decision, decide, judge
+from daemon.match.decide import Candidate, Decision, Verdict, decide, judge
 from daemon.match.keys import blocking_keys, fold_email, query_keys
 from daemon.match.names import compare_last, given_name, is_formal
 from daemon.match.retrieve import fetch_candidates
@@ -103,10 +103,14 @@ def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": name or None, **{k: row.get(k) for k in _SUMMARY}}
 
 
-def _other_family(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Different surnames: not one household sharing a landline or a family mailbox."""
-    last, _ = compare_last(a.get("last_name"), b.get("last_name"))
-    return last == "different"
+def _families(rows: list[dict[str, Any]]) -> int:
+    """How many surnames (one household each, typos allowed) the rows hold between them."""
+    heads: list[Any] = []
+    for row in rows:
+        last = row.get("last_name")
+        if all(compare_last(last, head)[0] == "different" for head in heads):
+            heads.append(last)
+    return len(heads)
 
 
 def _shared(
@@ -117,10 +121,10 @@ def _shared(
 ) -> dict[int, frozenset[str]]:
     """Per prospect, the lead's contacts (email/phone) that several people use.
 
-    A contact is shared when its key was crowded, when prospects of different surnames
-    hold it, or when the prospect already drew ``shared_contact_conflicts`` conflicting
-    leads (the canvasser pattern). A household's landline or family mailbox is not: the
-    first name tells its members apart.
+    A contact is shared when its key was crowded, when ``shared_contact_conflicts``
+    families (surnames) hold it, or when the prospect already drew that many conflicting
+    leads: the canvasser pattern. A household's landline or family mailbox is not (a
+    couple may keep two surnames): the first name tells its members apart.
     """
     email = fold_email(lead.get("email"))
     phones = {lead.get("phone"), lead.get("phone_alt")} - {None, ""}
@@ -131,30 +135,18 @@ def _shared(
     out: dict[int, set[str]] = {}
     for kind in ("email", "phone"):
         holders = [row for row, cmp in pairs if getattr(cmp, kind)]
-        crowd = busy[kind] or any(
-            _other_family(a, b) for i, a in enumerate(holders) for b in holders[i + 1 :]
-        )
+        crowd = busy[kind] or _families(holders) >= settings.shared_contact_conflicts
         for row in holders:
             if crowd or int(row.get("conflicting_leads") or 0) >= settings.shared_contact_conflicts:
                 out.setdefault(row["id"], set()).add(kind)
     return {k: frozenset(v) for k, v in out.items()}
 
 
-def evaluate(
-    lead: Mapping[str, Any],
-    row: Mapping[str, Any],
-    *,
-    settings: MatchSettings,
-    shared: frozenset[str] = frozenset(),
-    cmp: Comparison | None = None,
-) -> tuple[Candidate, Comparison]:
-    """Judge one prospect row (``PROSPECT_FIELDS``) as a candidate for ``lead``."""
-    cmp = cmp or compare(lead, row, settings)
-    verdict, score, why, conflict = judge(
-        cmp, raw_score(cmp, shared=shared), shared=shared, settings=settings
-    )
+def _candidate(lead: Mapping[str, Any], row: Mapping[str, Any], cmp: Comparison,
+               judged: tuple[Verdict, float, str | None, bool]) -> Candidate:  # fmt: skip
+    verdict, score, why, conflict = judged
     reasons = _reasons(cmp, lead, row) + ([why] if why else [])
-    candidate = Candidate(
+    return Candidate(
         prospect_id=int(row["id"]),
         pid=str(row["pid"]),
         score=score,
@@ -163,11 +155,24 @@ def evaluate(
         summary=_summary(row),
         conflict=conflict,
     )
-    return candidate, cmp
 
 
-def _worth_showing(candidate: Candidate, cmp: Comparison) -> bool:
-    if candidate.verdict != "different":
+def evaluate(
+    lead: Mapping[str, Any],
+    row: Mapping[str, Any],
+    *,
+    settings: MatchSettings,
+    shared: frozenset[str] = frozenset(),
+) -> tuple[Candidate, Comparison]:
+    """Judge one prospect row (``PROSPECT_FIELDS``) as a candidate for ``lead``."""
+    cmp = compare(lead, row, settings)
+    judged = judge(cmp, raw_score(cmp, shared=shared), shared=shared, settings=settings)
+    return _candidate(lead, row, cmp, judged), cmp
+
+
+def _worth_showing(verdict: Verdict, cmp: Comparison) -> bool:
+    """Not evidence, but useful to a human: a contact, the address, or the name in common."""
+    if verdict != "different":
         return True
     return cmp.contact or cmp.address == "same" or cmp.name in ("exact", "compatible", "initial")
 
@@ -180,9 +185,9 @@ def match_lead(lead: Mapping[str, Any], *, account: str, settings: MatchSettings
     shown: list[Candidate] = []
     for row, cmp in pairs:
         ids = shared.get(row["id"], frozenset())
-        candidate, _ = evaluate(lead, row, settings=settings, shared=ids, cmp=cmp)
-        if _worth_showing(candidate, cmp):
-            shown.append(candidate)
+        judged = judge(cmp, raw_score(cmp, shared=ids), shared=ids, settings=settings)
+        if _worth_showing(judged[0], cmp):  # reasons are built for these only
+            shown.append(_candidate(lead, row, cmp, judged))
     decision = decide(lead, shown, settings=settings)
     log.info(
         "event=match_decided account=%s outcome=%s prospect=%s candidates=%d retrieved=%d",

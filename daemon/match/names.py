@@ -17,7 +17,7 @@ import functools
 import re
 from typing import Literal
 
-from rapidfuzz.distance import OSA, JaroWinkler
+from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 
 from daemon.parse.normalise import fold
 
@@ -281,15 +281,25 @@ def _nickname(a: str, b: str) -> bool:
 
 
 def _typo(a: str, b: str, *, max_edits: int, min_similarity: float) -> float | None:
-    """Jaro-Winkler similarity when ``a``/``b`` are one slip apart, else None."""
-    if min(len(a), len(b)) < 4 or OSA.distance(a, b, score_cutoff=max_edits) > max_edits:
+    """The similarity (1 - edits / length) when ``a``/``b`` are a slip apart, else None.
+
+    A swap of two neighbours ("Jonh") is a typo at any length from 4 letters; another
+    edit must leave ``min_similarity``: "Nowak"/"Novak" (0.8) is one, "Hall"/"Hill"
+    (0.75) are two names. Jaro-Winkler is not used here: it punishes an early slip
+    ("Sehneider") more than a late one.
+    """
+    if min(len(a), len(b)) < 4:
         return None
-    similarity = float(JaroWinkler.normalized_similarity(a, b))
-    return similarity if similarity >= min_similarity else None
+    edits = OSA.distance(a, b, score_cutoff=max_edits)
+    if edits > max_edits:
+        return None
+    similarity = 1.0 - edits / max(len(a), len(b))
+    swap = edits == 1 and Levenshtein.distance(a, b, score_cutoff=2) == 2
+    return similarity if swap or similarity >= min_similarity else None
 
 
 def compare_first(
-    a: str | None, b: str | None, *, max_edits: int = 1, min_similarity: float = 0.85
+    a: str | None, b: str | None, *, max_edits: int = 1, min_similarity: float = 0.8
 ) -> tuple[FirstRelation, float]:
     """How two first names relate, and a similarity in [0, 1] for ranking."""
     x, y = given_name(a or ""), given_name(b or "")
@@ -318,7 +328,7 @@ def surname_parts(last: str) -> tuple[str, ...]:
 
 
 def compare_last(
-    a: str | None, b: str | None, *, max_edits: int = 1, min_similarity: float = 0.85
+    a: str | None, b: str | None, *, max_edits: int = 1, min_similarity: float = 0.8
 ) -> tuple[LastRelation, float]:
     """How two surnames relate (generation suffixes ignored: see :func:`generation`)."""
     pa, pb = surname_parts(a or ""), surname_parts(b or "")

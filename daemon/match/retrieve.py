@@ -5,9 +5,9 @@ one query for the prospects found. A key shared by a crowd (a canvasser's email 
 hundred leads) cannot push the others out, and no query ever scans the prospect table;
 :func:`explain` shows the plan so tests and the benchmark can check it.
 
-The SQL of the key look-up is built once by peewee for the bound database (quoting and
-parameter style) and then run with ``execute_sql``: building the query object anew for
-each of a lead's ten keys would cost more than the look-ups themselves.
+The SQL is built once by peewee for the bound database (quoting and parameter style)
+and then run with ``execute_sql``: building query objects anew for each of a lead's ten
+keys would cost more than the look-ups themselves.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from daemon.db.models import Prospect, ProspectKey, database_proxy
 from daemon.match.keys import query_keys
 
 #: Share of ``max_candidates`` that one key of each kind may bring.
-_KIND_SHARE = {"e": 0.5, "p": 0.5, "a": 0.5, "n": 1.0, "f": 0.5, "c": 1.0, "g": 0.2}
+_KIND_SHARE = {"e": 0.5, "p": 0.5, "a": 0.5, "n": 0.5, "f": 0.5, "c": 0.5, "g": 0.2}
 
 PROSPECT_FIELDS: tuple[str, ...] = (
     "id",
@@ -42,6 +42,7 @@ PROSPECT_FIELDS: tuple[str, ...] = (
 )
 
 _sql_cache: dict[int, str] = {}
+_load_cache: dict[tuple[int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,21 @@ def key_limit(key: str, settings: MatchSettings) -> int:
     return max(1, int(settings.max_candidates * _KIND_SHARE.get(key[:1], 1.0)))
 
 
+def _load_sql(count: int) -> str:
+    """SELECT of PROSPECT_FIELDS for ``count`` ids, built by peewee once per count."""
+    key = (id(database_proxy.obj), count)
+    sql = _load_cache.get(key)
+    if sql is None:
+        fields = [getattr(Prospect, name) for name in PROSPECT_FIELDS]
+        sql, _ = Prospect.select(*fields).where(Prospect.id.in_([0] * count)).sql()
+        _load_cache[key] = sql
+    return sql
+
+
 def _load(ids: list[int]) -> list[dict[str, Any]]:
     if not ids:
         return []
-    fields = [getattr(Prospect, name) for name in PROSPECT_FIELDS]
-    rows: Any = Prospect.select(*fields).where(Prospect.id.in_(ids)).tuples()
+    rows = database_proxy.execute_sql(_load_sql(len(ids)), ids).fetchall()
     found = {row[0]: dict(zip(PROSPECT_FIELDS, row, strict=True)) for row in rows}
     return [found[i] for i in ids if i in found]
 

@@ -1,0 +1,491 @@
+"""Benchmark: prospect import speed, match latency, and match quality against a baseline.
+
+Run ``.venv/bin/python benchmarks/match.py`` (``--sizes 10000,100000`` for a quick run).
+For each size it generates SEEDED synthetic prospects (US name frequencies with a tail
+of rare surnames, two-person households sharing surname + address and often the
+landline, a few family mailboxes), writes them as an untidy CRM export (six phone
+formats, mixed-case emails, gaps), imports them (target >= 20k prospects/s), checks with
+EXPLAIN QUERY PLAN that look-ups use the (account, key) index, then matches a LABELLED
+set of leads (target p99 < 5 ms at 1M): true duplicates with realistic variations, weak
+duplicates (name + place only), spouses, canvasser-shared emails, reassigned numbers,
+Jr./Sr., namesakes elsewhere and new people. The same candidates are also decided by
+the BASELINE scorer of the product eleads replaces (points for equal fields: email 16,
+phone 11, last name 3.6, first name 2.8, street 1.3, postcode 1.1; >= 15 match, < 7 new).
+Labels follow the corpus README's rule; precision and recall use the ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from daemon.config import MatchSettings  # noqa: E402 - after the sys.path line above
+from daemon.db import open_database  # noqa: E402
+from daemon.db.models import Account  # noqa: E402
+from daemon.match import Decision, match_lead  # noqa: E402
+from daemon.match.retrieve import explain, fetch_candidates  # noqa: E402
+from daemon.prospects import import_prospects  # noqa: E402
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+# fmt: off
+MALE = ("James 332 John 327 Robert 314 Michael 263 William 245 David 236 Richard 170 Charles 152 "
+        "Joseph 140 Thomas 138 Christopher 104 Daniel 97 Paul 89 Mark 88 Donald 88 George 86 "
+        "Kenneth 83 Steven 78 Edward 77 Brian 74 Ronald 73 Anthony 72 Kevin 67 Jason 66 "
+        "Matthew 66 Gary 65 Timothy 64 Jose 61 Larry 60 Jeffrey 59 Frank 58 Scott 55 Eric 54 "
+        "Stephen 54 Andrew 54 Raymond 53 Gregory 44 Joshua 44 Jerry 43 Dennis 42 Walter 42 "
+        "Patrick 42 Peter 41 Harold 37 Douglas 37 Henry 37 Carl 35 Arthur 35 Ryan 33 Roger 33 "
+        "Juan 32 Jack 32 Albert 32 Jonathan 32 Justin 31 Terry 31 Gerald 31 Keith 31 Samuel 31 "
+        "Ralph 30 Lawrence 30 Nicholas 30 Roy 30 Benjamin 29 Bruce 28 Brandon 28 Adam 28 "
+        "Fred 28 Wayne 28 Billy 27 Louis 27 Jeremy 27 Aaron 26 Randy 25 Howard 25 Eugene 25 "
+        "Carlos 25 Russell 25 Bobby 25 Victor 24 Martin 24 Todd 24 Jesse 24 Craig 24 Alan 23 "
+        "Shawn 23 Sean 23 Philip 23 Earl 23 Jimmy 22 Antonio 22 Luis 21 Mike 21 Dale 20")
+FEMALE = ("Mary 263 Patricia 107 Linda 104 Barbara 98 Elizabeth 94 Jennifer 93 Maria 84 Susan 79 "
+          "Margaret 77 Dorothy 73 Lisa 70 Nancy 67 Karen 67 Betty 67 Helen 66 Sandra 63 "
+          "Donna 58 Carol 58 Ruth 56 Sharon 56 Michelle 53 Laura 51 Sarah 51 Kimberly 50 "
+          "Deborah 49 Jessica 49 Shirley 48 Cynthia 47 Angela 47 Melissa 46 Brenda 46 Amy 45 "
+          "Anna 44 Rebecca 43 Virginia 43 Kathleen 42 Pamela 42 Martha 42 Debra 41 Amanda 41 "
+          "Stephanie 40 Carolyn 39 Christine 38 Marie 38 Janet 37 Catherine 37 Frances 37 "
+          "Ann 36 Joyce 36 Diane 36 Alice 36 Julie 35 Heather 34 Teresa 34 Doris 33 Gloria 33 "
+          "Evelyn 32 Jean 32 Cheryl 32 Katherine 31 Joan 31 Ashley 30 Judith 30 Rose 30 "
+          "Janice 29 Kelly 29 Nicole 28 Judy 28 Christina 28 Kathy 27 Theresa 27 Beverly 27 "
+          "Denise 27 Tammy 26 Irene 25 Jane 25 Lori 25 Rachel 25 Marilyn 25 Andrea 24 "
+          "Louise 24 Sara 24 Jacqueline 24 Wanda 24 Bonnie 24 Julia 23 Ruby 23 Lois 23 Tina 22 "
+          "Norma 22 Paula 22 Diana 22 Emily 21 Robin 21 Roberta 12 Danielle 18")
+SURNAMES = ("Smith 828 Johnson 662 Williams 550 Brown 488 Jones 481 Miller 384 Davis 380 "
+            "Garcia 316 Rodriguez 306 Wilson 301 Martinez 298 Anderson 274 Taylor 260 Thomas 260 "
+            "Hernandez 251 Moore 245 Martin 238 Jackson 237 Thompson 233 White 233 Lopez 220 "
+            "Lee 217 Gonzalez 208 Harris 203 Clark 197 Lewis 189 Robinson 187 Walker 186 "
+            "Perez 178 Hall 176 Young 174 Allen 172 Sanchez 164 Wright 163 King 159 Scott 150 "
+            "Green 149 Baker 147 Adams 146 Nelson 146 Hill 145 Ramirez 142 Campbell 134 "
+            "Mitchell 133 Roberts 132 Carter 131 Phillips 129 Evans 129 Turner 128 Torres 123 "
+            "Parker 117 Collins 116 Edwards 116 Stewart 115 Flores 115 Morris 115 Nguyen 113 "
+            "Murphy 113 Rivera 112 Cook 111 Rogers 110 Morgan 103 Peterson 102 Cooper 101 "
+            "Reed 100 Bailey 99 Bell 99 Gomez 98 Kelly 98 Howard 95 Ward 95 Cox 94 Diaz 94 "
+            "Richardson 92 Wood 92 Watson 91 Brooks 91 Bennett 90 Gray 90 James 89 Reyes 88 "
+            "Cruz 88 Hughes 88 Price 87 Myers 86 Long 86 Foster 86 Sanders 85 Ross 85 "
+            "Morales 84 Powell 84 Sullivan 83 Russell 83 Ortiz 83 Jenkins 83 Gutierrez 81 "
+            "Perry 80 Butler 80 Barnes 80 Fisher 80 Henderson 80 Coleman 79 Simmons 78 "
+            "Patterson 77 Jordan 77 Reynolds 77 Hamilton 76 Graham 76 Kim 75 O'Brien 40 "
+            "McDonald 68 Kowalczyk 20 Schneider 40 Fitzgerald 45 Novak 30 Pfeiffer 20")
+NICKNAMES = ("William:Bill,Will Robert:Bob,Rob James:Jim,Jimmy Michael:Mike Thomas:Tom "
+             "Richard:Rick,Rich Charles:Chuck,Charlie Joseph:Joe Daniel:Dan,Danny David:Dave "
+             "Edward:Ed,Ted Kenneth:Ken Steven:Steve Timothy:Tim Anthony:Tony Gregory:Greg "
+             "Jeffrey:Jeff Patrick:Pat Elizabeth:Liz,Beth Margaret:Peggy,Maggie Jennifer:Jenny "
+             "Katherine:Kathy,Kate Patricia:Patty,Trish Susan:Sue Deborah:Debbie Rebecca:Becky "
+             "Kimberly:Kim Pamela:Pam Cynthia:Cindy Christina:Tina Barbara:Barb Judith:Judy")
+# Also the same name for labelling (names of the tables above that are each other's forms).
+SAME_NAME = ("John:Jack Elizabeth:Betty Sarah:Sara William:Billy Robert:Bobby Michael:Mike "
+             "Frederick:Fred Katherine:Kathy,Catherine Theresa:Terry,Teresa Terrence:Terry "
+             "Ann:Anne Stephen:Steven Diana:Diane Lorraine:Lori Francis:Frank Lawrence:Larry "
+             "Christine:Tina,Chris Christina:Chris Christopher:Chris Deborah:Debra,Debbie")
+CITIES = ("Columbus OH 43201-43235 30|Dublin OH 43016-43017 4|Westerville OH 43081-43082 4|"
+          "Grove City OH 43123 3|Hilliard OH 43026 3|Delaware OH 43015 3|Newark OH 43055 3|"
+          "Lancaster OH 43130 2|Dayton OH 45402-45440 10|Cincinnati OH 45202-45248 12|"
+          "Cleveland OH 44101-44135 12|Toledo OH 43604-43623 6|Akron OH 44301-44333 5|"
+          "Kettering OH 45429 2|Powell OH 43065 2|Gahanna OH 43230 2|Reynoldsburg OH 43068 2|"
+          "Worthington OH 43085 2|Mansfield OH 44903-44907 2|Canton OH 44702-44721 3")
+STREETS = _words("Oak Maple Cedar Elm Pine Walnut Willow Birch Hickory Chestnut Sycamore Poplar "
+           "Juniper Magnolia Laurel Aspen Spruce Dogwood Redbud Hawthorn Lakeview Hillcrest "
+           "Ridgeway Meadowlark Fieldstone Stonegate Brookhaven Kingsley Wexford Ashford "
+           "Coventry Dorset Kilbourne Larkspur Foxglove Bramble Sagebrush Cobblestone "
+           "Briarwood Fairview Highland Sunset Riverside Park Washington Lincoln Jefferson "
+           "Franklin Madison Church Mill Spring Center High Broad Main")
+SUFFIXES = [("Street", "St"), ("Avenue", "Ave"), ("Road", "Rd"), ("Drive", "Dr"),
+            ("Court", "Ct"), ("Lane", "Ln"), ("Place", "Pl"), ("Boulevard", "Blvd"),
+            ("Parkway", "Pkwy"), ("Way", "Way")]
+AREA = _words("614 740 380 220 937 513 216 330 419 440 234 567 326")
+DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "example.net", "example.com"]
+DOMAIN_W = [40, 15, 10, 20, 15]
+SYLLABLES = _words("kal ver mor den bar ton lin ster wick holt rau berg gan fel dor nes")
+PLACE = ("street", "city", "region", "postal_code", "country")
+LEAD = ("first_name", "last_name", "email", "phone", *PLACE)
+KINDS = [("dup_strong", 33, "matched"), ("dup_weak", 7, "fuzzy"), ("household", 10, "fuzzy"),
+         ("canvasser", 8, "fuzzy"), ("phone_reused", 3, "fuzzy"), ("generation", 2, "fuzzy"),
+         ("namesake", 12, "created"), ("new", 25, "created")]
+# fmt: on
+
+
+def _weighted(text: str) -> tuple[list[str], list[int]]:
+    words = text.split()
+    return words[::2], [int(w) for w in words[1::2]]
+
+
+def _cities() -> tuple[list[tuple[str, str, list[str]]], list[int]]:
+    out, weights = [], []
+    for item in CITIES.split("|"):
+        *name, region, zips, weight = item.split()
+        lo, _, hi = zips.partition("-")
+        out.append((" ".join(name), region, [str(z) for z in range(int(lo), int(hi or lo) + 1)]))
+        weights.append(int(weight))
+    return out, weights
+
+
+Lead = tuple[dict[str, Any], str | None]  # (lead fields, the prospect it truly is, or None)
+Labelled = tuple[dict[str, Any], str | None, str]  # ... and its label by the README's rule
+
+
+class World:
+    """Seeded generator of people, prospects and labelled leads."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.names = {False: _weighted(MALE), True: _weighted(FEMALE)}
+        self.last, self.last_w = _weighted(SURNAMES)
+        self.cities, self.city_w = _cities()
+        self.nicks = {k: v.split(",") for k, _, v in (p.partition(":") for p in NICKNAMES.split())}
+        self.canon: dict[str, set[str]] = {}
+        for k, _, v in (p.partition(":") for p in f"{NICKNAMES} {SAME_NAME}".split()):
+            for name in (k, *v.split(",")):
+                self.canon.setdefault(name, {name}).add(k)
+        self.phones: set[str] = set()
+        self.emails: set[str] = set()
+        self.index: set[tuple[str, str, str]] = set()  # (last, first group, postal|city)
+        self.canvassers: list[str] = []
+
+    def surname(self) -> str:
+        if self.rng.random() < 0.35:  # the long tail: rare surnames
+            return "".join(self.rng.choice(SYLLABLES) for _ in range(3)).capitalize()
+        return self.rng.choices(self.last, self.last_w)[0]
+
+    def phone(self) -> str:
+        rng = self.rng
+        p = ""
+        while not p or p in self.phones:
+            p = f"+1{rng.choice(AREA)}{rng.randint(200, 989)}{rng.randint(0, 9999):04d}"
+        self.phones.add(p)
+        return p
+
+    def email(self, first: str, last: str) -> str:
+        domain = self.rng.choices(DOMAINS, DOMAIN_W)[0]
+        forms = (f"{first}.{last}", f"{first[0]}{last}", f"{first}{last[0]}", f"{last}.{first}")
+        local = self.rng.choice(forms).lower().replace("'", "")
+        while (e := f"{local}{self.rng.randint(1, 9999)}@{domain}") in self.emails:
+            pass
+        self.emails.add(e)
+        return e
+
+    def address(self) -> dict[str, str]:
+        name, region, zips = self.rng.choices(self.cities, self.city_w)[0]
+        number, suffix = self.rng.randint(1, 9999), self.rng.choice(SUFFIXES)[0]
+        street = f"{number} {self.rng.choice(STREETS)} {suffix}"
+        return dict(zip(PLACE, (street, name, region, self.rng.choice(zips), "US"), strict=True))
+
+    def groups(self, first: str) -> set[str]:
+        return self.canon.get(first.capitalize(), {first.capitalize()})
+
+    def person(self, female: bool | None = None, last: str | None = None) -> dict[str, Any]:
+        female = self.rng.random() < 0.5 if female is None else female
+        first = self.rng.choices(*self.names[female])[0]
+        last = last or self.surname()
+        contacts = {"email": self.email(first, last), "phone": self.phone()}
+        return {
+            "first_name": first,
+            "last_name": last,
+            **contacts,
+            "female": female,
+        } | self.address()
+
+    def prospects(self, n: int) -> list[dict[str, Any]]:
+        """n prospects; a quarter of them in two-person households."""
+        people: list[dict[str, Any]] = []
+        while len(people) < n:
+            base = self.person() | {"partner": False}
+            people.append(base)
+            if self.rng.random() < 0.25 and len(people) < n:
+                people.append(self.spouse(base))
+        for i, p in enumerate(people, 1):
+            p["pid"] = f"P{i}"
+            for field, chance in (("email", 0.08), ("phone", 0.08), ("street", 0.05)):
+                if self.rng.random() < chance:
+                    p[field] = None
+            for place in (p["postal_code"], p["city"]):
+                for group in self.groups(p["first_name"]):
+                    self.index.add((p["last_name"].lower(), group, place))
+        return people
+
+    def spouse(self, base: dict[str, Any]) -> dict[str, Any]:
+        """Same address; same surname 90%, the landline 60%, a family mailbox 10%."""
+        same_name = self.rng.random() < 0.9
+        other = self.person(not base["female"], base["last_name"] if same_name else None)
+        other |= {k: base[k] for k in PLACE} | {"partner": True}
+        base["partner"] = True
+        if self.rng.random() < 0.6:
+            other["phone"] = base["phone"]
+        if self.rng.random() < 0.1:
+            base["email"] = other["email"] = self.email("the", base["last_name"] + "family")
+        return other
+
+    # --- leads ----------------------------------------------------------------------------
+
+    def typo(self, word: str) -> str:
+        i, letter = self.rng.randint(1, len(word) - 2), self.rng.choice("aeioulnrst")
+        return self.rng.choice(
+            (word[:i] + letter + word[i + 1 :], word[:i] + word[i + 1 :],
+             word[:i] + word[i + 1] + word[i] + word[i + 2 :], word[:i] + letter + word[i:])
+        )  # fmt: skip
+
+    def vary_name(self, lead: dict[str, Any], typo: float) -> None:
+        """A nickname (35%), a slip in the surname, or ALL CAPS."""
+        nicks, roll = self.nicks.get(lead["first_name"]), self.rng.random()
+        if nicks and roll < 0.35:
+            lead["first_name"] = self.rng.choice(nicks)
+        elif roll < 0.35 + typo and len(lead["last_name"]) >= 5:
+            lead["last_name"] = self.typo(lead["last_name"])
+        elif roll < 0.55:
+            lead |= {k: lead[k].upper() for k in ("first_name", "last_name")}
+
+    def vary_contacts(self, lead: dict[str, Any]) -> None:
+        """Keep one strong identifier; change or drop others, move house, reformat."""
+        kept = [f for f in ("email", "phone", "street") if lead.get(f)]
+        keep = self.rng.choice(kept)
+        for field in kept:
+            if field != keep and self.rng.random() < 0.35:
+                lead[field] = None if self.rng.random() < 0.5 else self.fresh(field, lead)
+        if keep != "street" and self.rng.random() < 0.1:
+            lead.update(self.address())
+        if (lead.get("email") or "").endswith("@gmail.com") and self.rng.random() < 0.3:
+            local, _, domain = lead["email"].partition("@")
+            lead["email"] = f"{local[:2]}.{local[2:]}+leads@{domain}"
+        if lead.get("street") and self.rng.random() < 0.3:
+            for long, short in SUFFIXES:
+                lead["street"] = lead["street"].replace(f" {long}", f" {short}")
+
+    def fresh(self, field: str, lead: Mapping[str, Any]) -> str:
+        if field == "email":
+            return self.email(lead["first_name"], lead["last_name"])
+        return self.phone() if field == "phone" else self.address()["street"]
+
+    def lead(self, kind: str, p: dict[str, Any]) -> Lead | None:
+        """One lead of ``kind`` built around prospect ``p`` (None: p does not fit)."""
+        base = {k: p[k] for k in LEAD}
+        if kind in ("dup_strong", "dup_weak"):
+            self.vary_name(base, 0.15 if kind == "dup_strong" else 0.2)
+            if kind == "dup_weak":
+                base |= {"email": self.fresh("email", p), "phone": self.phone(), "street": None}
+            elif p["email"] or p["phone"] or p["street"]:
+                self.vary_contacts(base)
+            else:
+                return None
+            return base, p["pid"]
+        if kind == "household" and not p["partner"] and p["street"]:
+            lead = self.person(not p["female"], p["last_name"]) | {k: p[k] for k in PLACE}
+            landline = {"phone": p["phone"]} if self.rng.random() < 0.5 and p["phone"] else {}
+            return lead | landline, None
+        if kind == "generation" and p["street"] and not p["female"]:
+            jr = {"last_name": f"{p['last_name']} Jr.", "email": self.email(p["first_name"], "jr")}
+            return base | jr | {"phone": self.phone()}, None
+        if kind == "namesake" and (other := self.address())["city"] != p["city"]:
+            contacts = {"email": self.email(p["first_name"], p["last_name"]), "phone": self.phone()}
+            return base | other | contacts, None
+        strangers = {
+            "canvasser": {"email": self.rng.choice(self.canvassers)},
+            "phone_reused": {"phone": p["phone"]} if p["phone"] else None,
+            "new": {},
+        }
+        extra = strangers.get(kind)
+        return (self.person() | extra, None) if extra is not None else None
+
+    def leads(self, people: list[dict[str, Any]], count: int) -> list[Labelled]:
+        """(lead, true prospect id or None, label by the README's rule)."""
+        self.canvassers = [p["email"] for p in self.rng.sample(people, 6) if p["email"]]
+        kinds, weights = [k for k, _, _ in KINDS], [w for _, w, _ in KINDS]
+        labels = {k: label for k, _, label in KINDS}
+        out: list[Labelled] = []
+        while len(out) < count:
+            kind = self.rng.choices(kinds, weights)[0]
+            if (made := self.lead(kind, self.rng.choice(people))) is None:
+                continue
+            lead = {k: v for k, v in made[0].items() if k in LEAD and v}
+            label = labels[kind]
+            if label == "created" and self.namesake_nearby(lead):
+                label = "fuzzy"  # the rule: a compatible name in the same place is fuzzy
+            out.append((lead, made[1], label))
+        return out
+
+    def namesake_nearby(self, lead: Mapping[str, Any]) -> bool:
+        last, places = lead["last_name"].lower(), (lead.get("postal_code"), lead.get("city"))
+        return any(
+            (last, g, p) in self.index for g in self.groups(lead["first_name"]) for p in places
+        )
+
+
+def write_csv(path: Path, people: list[dict[str, Any]], rng: random.Random) -> None:
+    """A CRM export as it comes: six phone formats, mixed-case emails, some ALL CAPS."""
+    columns = ["id", *LEAD]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        out = csv.writer(handle)
+        out.writerow(columns)
+        for p in people:
+            row = {**p, "id": p["pid"]}
+            if phone := row["phone"]:
+                a, b, c = phone[2:5], phone[5:8], phone[8:]
+                row["phone"] = rng.choice((phone, f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"{a}.{b}.{c}",
+                                           f"{a}{b}{c}", f"1-{a}-{b}-{c}"))  # fmt: skip
+            if row["email"] and rng.random() < 0.1:
+                row["email"] = row["email"].capitalize().replace("@gmail", "@GMail")
+            if rng.random() < 0.03:
+                row |= {k: row[k].upper() for k in ("first_name", "last_name")}
+            out.writerow([row.get(c) or "" for c in columns])
+
+
+BASELINE = (("email", 16.0), ("last_name", 3.6), ("first_name", 2.8), ("street", 1.3),
+            ("postal_code", 1.1))  # fmt: skip
+
+
+def baseline(
+    lead: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], shown: int
+) -> tuple[str, str | None, list[str]]:
+    """The replaced product: points for equal fields (+ phone 11); >= 15 match, < 7 new."""
+
+    def same(field: str, row: Mapping[str, Any]) -> bool:
+        a, b = lead.get(field), row.get(field)
+        return bool(a and b and str(a).strip().casefold() == str(b).strip().casefold())
+
+    def points(row: Mapping[str, Any]) -> float:
+        phone = bool(lead.get("phone")) and lead.get("phone") in (
+            row.get("phone"),
+            row.get("phone_alt"),
+        )
+        return 11.0 * phone + sum(w for f, w in BASELINE if same(f, row))
+
+    ranked = sorted(((points(r), str(r["pid"])) for r in rows), reverse=True)
+    best, pids = (ranked[0] if ranked else (0.0, None)), [pid for _, pid in ranked[:shown]]
+    if best[0] >= 15:
+        return "matched", best[1], pids
+    return ("created" if best[0] < 7 else "fuzzy"), None, pids
+
+
+@dataclass
+class Score:
+    """Quality counters of one scorer over the labelled set."""
+
+    matched: int = 0
+    right: int = 0
+    dups: int = 0
+    found: int = 0
+    agree: int = 0
+    fuzzy: int = 0
+
+    def add(
+        self, outcome: str, chosen: str | None, shown: list[str], truth: str | None, label: str
+    ) -> None:
+        right = outcome == "matched" and truth is not None and chosen == truth
+        self.matched += outcome == "matched"
+        self.right += right
+        self.fuzzy += outcome == "fuzzy"
+        if truth is not None:
+            self.dups += 1
+            self.found += right or (outcome == "fuzzy" and truth in shown)
+        self.agree += outcome == label and (label != "matched" or right)
+
+    def line(self, name: str, total: int) -> str:
+        precision = self.right / self.matched if self.matched else 1.0
+        recall, agree, fuzzy = (
+            self.found / max(self.dups, 1),
+            self.agree / total,
+            self.fuzzy / total,
+        )
+        return (f"  {name:<9} match precision {precision:7.2%} ({self.right}/{self.matched})  "
+                f"duplicate recall {recall:7.2%} ({self.found}/{self.dups})  "
+                f"agreement {agree:7.2%}  left to a human {self.fuzzy} ({fuzzy:.1%})")  # fmt: skip
+
+
+def evaluate(leads: list[Labelled], settings: MatchSettings) -> tuple[Score, Score, list[float]]:
+    """Ours and the baseline on the same retrieved candidates; our latency per lead (ms)."""
+    ours, base, latency = Score(), Score(), []
+    for lead, truth, label in leads:
+        started = time.perf_counter()
+        decision: Decision = match_lead(lead, account="bench", settings=settings)
+        latency.append((time.perf_counter() - started) * 1000)
+        chosen = decision.pid if decision.outcome == "matched" else None
+        ours.add(decision.outcome, chosen, [c.pid for c in decision.candidates], truth, label)
+        rows = fetch_candidates(lead, account="bench", settings=settings).prospects
+        base.add(*baseline(lead, rows, settings.max_shown), truth, label)
+    return ours, base, latency
+
+
+def machine() -> str:
+    model = "unknown"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(
+            (x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), model
+        )
+    except OSError:
+        pass
+    system = f"{platform.system()} {platform.release()}"
+    return f"cpu: {model}; cores: {os.cpu_count()}; python {platform.python_version()}; {system}"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return fn(), time.perf_counter() - started
+
+
+def run_size(n: int, args: argparse.Namespace, work: Path) -> None:
+    world = World(args.seed + n)
+    people, gen_s = timed(lambda: world.prospects(n))
+    csv_path = work / f"prospects-{n}.csv"
+    write_csv(csv_path, people, world.rng)
+    open_database(f"sqlite:///{work}/bench-{n}.db")
+    Account.create(id="bench")
+    report, import_s = timed(
+        lambda: import_prospects(
+            csv_path, account="bench", default_region="US", batch_size=args.batch
+        )
+    )
+    size_mb = csv_path.stat().st_size / 1e6
+    print(f"\n== {n:,} prospects (generated in {gen_s:.1f}s; CSV {size_mb:.0f} MB)")
+    print(f"  import: {report.imported:,} imported, {report.skipped} skipped in {import_s:.1f}s "
+          f"= {n / import_s:,.0f}/s (target >= 20,000/s; batch {args.batch:,})")  # fmt: skip
+    print(f"  plan of a key look-up: {' / '.join(explain('bench', 'e:x@example.com'))}")
+    leads = world.leads(people, args.leads)
+    settings = MatchSettings()
+    evaluate(leads[:50], settings)  # warm caches
+    ours, base, latency = evaluate(leads, settings)
+    q = statistics.quantiles(latency, n=100)
+    print(f"  match latency over {len(leads):,} leads: p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms, "
+          f"max {max(latency):.2f} ms (target p99 < 5 ms)")  # fmt: skip
+    counts = {k: sum(1 for *_, lab in leads if lab == k) for k in ("matched", "fuzzy", "created")}
+    print(f"  labelled set: {len(leads):,} leads, labels {counts}, true duplicates {ours.dups:,}")
+    print(ours.line("eleads", len(leads)))
+    print(base.line("baseline", len(leads)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="prospect counts")
+    parser.add_argument("--leads", type=int, default=6000, help="labelled leads per size (>= 5000)")
+    parser.add_argument("--batch", type=int, default=20000, help="import batch size (rows)")
+    parser.add_argument("--seed", type=int, default=20261117)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="work directory (default: temporary)"
+    )
+    args = parser.parse_args()
+    print(machine())
+    print(f"seed {args.seed}; sizes {args.sizes}; SQLite WAL synchronous=FULL")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            run_size(size, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Prospects: CSV import (validation, normalisation, ids, re-import), creation, filling
+gaps, listing, and the key index the matcher relies on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.db import open_database
+from daemon.db.models import Account, Prospect, ProspectKey
+from daemon.errors import UsageError
+from daemon.match.keys import blocking_keys
+from daemon.match.retrieve import explain
+from daemon.prospects import create_prospect, fill_empty_fields, import_prospects, list_prospects
+
+HERE = Path(__file__).resolve().parent
+FIXTURE = HERE / "fixtures" / "match" / "prospects.csv"
+CORPUS = Path(
+    os.environ.get(
+        "ELEADS_CORPUS", Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+    )
+)
+FIELDS = ("first_name", "last_name", "email", "phone", "phone_alt")
+FIELDS += ("street", "city", "region", "postal_code", "country")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[None]:
+    database = open_database(f"sqlite:///{tmp_path}/e.db")
+    Account.create(id="demo")
+    yield
+    database.close()
+
+
+def corpus_csv() -> Path:
+    path = CORPUS / "prospects.csv"
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"corpus missing at {CORPUS} (CI=true: no skipping)")
+        pytest.skip(f"shared corpus not found at {CORPUS}")
+    return path
+
+
+def get(pid: str) -> Prospect:
+    return Prospect.get((Prospect.account == "demo") & (Prospect.pid == pid))
+
+
+def keys_of(prospect: Prospect) -> set[str]:
+    return {k.key for k in ProspectKey.select().where(ProspectKey.prospect == prospect.id)}
+
+
+def test_fixture_import_reports_each_bad_row(db: None) -> None:
+    report = import_prospects(FIXTURE, account="demo", default_region="US")
+    assert (report.imported, report.skipped) == (24, 7)
+    assert report.problems == (
+        "column 'notes' is not a prospect field; ignored",
+        "line 25: phone '555-12' is not a phone number",
+        "line 26: email 'not-an-email' is not an email address",
+        "line 27: duplicate id F101 (first on line 2)",
+        "line 28: id 'F-124' is not letters and digits",
+        "line 30: no name, email or phone",
+        "line 31: country 'Narnia' is not a country",
+        "line 33: same prospect as line 32; skipped",
+    )
+    assert report.as_json()["imported"] == 24
+
+
+def test_fixture_values_are_normalised_and_names_kept(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    brandt = get("F102")
+    assert (brandt.first_name, brandt.email, brandt.phone) == (
+        "William",
+        "wbrandt@example.com",
+        "+16145550102",
+    )
+    assert get("F110").first_name == "KATHERINE"
+    assert get("F105").last_name == "Whitfield Sr."
+    uk = get("F116")
+    assert (uk.phone, uk.postal_code, uk.country, uk.region) == (
+        "+442079460115",
+        "SW1A 1AA",
+        "GB",
+        None,
+    )
+    ca = get("F117")
+    assert (ca.phone, ca.postal_code, ca.region) == ("+14165550117", "M4K 1N2", "ON")
+    assert get("F111").phone == "+16145550111"
+    reyes = get("F121")
+    assert (reyes.email, reyes.phone, reyes.street) == (None, None, None)
+
+
+def test_ids_kept_counter_bumped_and_new_ids_follow(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    assert Account.get_by_id("demo").prospect_seq == 7003
+    assert get("P7003").first_name == "Sam"  # the id-less row, numbered past P7002
+    new = create_prospect(
+        {"first_name": "Ivy", "last_name": "Lane", "email": "ivy@example.com"}, account="demo"
+    )
+    assert new.pid == "P7004"
+    assert keys_of(new) == blocking_keys(
+        {"first_name": "Ivy", "last_name": "Lane", "email": "ivy@example.com"}
+    )
+
+
+def test_reimport_creates_no_duplicates(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    again = import_prospects(FIXTURE, account="demo", default_region="US")
+    assert again.imported == 0
+    assert "line 2: id F101 already exists; skipped" in again.problems
+    assert "line 32: this prospect already exists; skipped" in again.problems
+    assert Prospect.select().count() == 24
+
+
+def test_every_key_is_indexed(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    for prospect in Prospect.select():
+        fields = {f: getattr(prospect, f) for f in FIELDS}
+        assert keys_of(prospect) == blocking_keys(fields), prospect.pid
+    plan = " ".join(explain("demo", "e:x@example.com"))
+    assert "USING INDEX" in plan and "key=?" in plan, plan
+    assert "SCAN" not in plan
+
+
+def test_create_prospect_skips_ids_taken_by_an_import(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    Account.update(prospect_seq=7000).where(Account.id == "demo").execute()
+    assert create_prospect({"last_name": "Vale"}, account="demo").pid == "P7004"
+    with pytest.raises(UsageError):
+        create_prospect({"last_name": "Vale"}, account="nobody")
+
+
+def test_fill_empty_fields_never_overwrites(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    marchetti = get("F107")  # "J Marchetti", phone only, Gahanna 43230
+    lead = {"first_name": "John", "last_name": "Marchetti", "email": "jm@example.com"}
+    lead |= {
+        "phone": "+16145550177",
+        "street": "4 Oak St",
+        "city": "Gahanna",
+        "postal_code": "43230",
+    }
+    filled = fill_empty_fields(marchetti, lead)
+    assert filled == ["email", "street", "phone_alt"]
+    marchetti = get("F107")
+    assert (marchetti.first_name, marchetti.phone, marchetti.phone_alt) == (
+        "J",
+        "+16145550107",
+        "+16145550177",
+    )
+    assert "e:jm@example.com" in keys_of(marchetti)
+    assert fill_empty_fields(marchetti, lead) == []
+
+
+def test_fill_keeps_an_old_address_whole(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    fitz = get("F112")  # no street, Columbus 43214
+    moved = {
+        "street": "9 New Rd",
+        "city": "Dayton",
+        "region": "OH",
+        "postal_code": "45402",
+        "phone_alt": "+16145550190",
+    }
+    assert fill_empty_fields(fitz, moved) == ["phone_alt"]
+    assert get("F112").street is None
+
+
+def test_list_prospects(db: None) -> None:
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    Account.create(id="other")
+    create_prospect({"first_name": "Olga"}, account="other")
+    rows = list_prospects(account="demo")
+    assert len(rows) == 24 and rows[0]["id"] == "F101"
+    assert rows[0] | {"lead_sources": 0} == rows[0]
+    assert set(rows[0]) >= {
+        "id",
+        "account",
+        "first_name",
+        "email",
+        "phone",
+        "lead_sources",
+        "conflicting_leads",
+    }
+    assert len(list_prospects(account=None)) == 25
+    assert list_prospects(account="other")[0]["id"] == "P1"
+
+
+def test_unusable_files(db: None, tmp_path: Path) -> None:
+    empty = tmp_path / "x.csv"
+    empty.write_text("name,age\nBob,4\n")
+    assert import_prospects(empty, account="demo", default_region="US").problems == (
+        "no prospect columns in the header line",
+    )
+    with pytest.raises(UsageError):
+        import_prospects(FIXTURE, account="nobody", default_region="US")
+    with pytest.raises(OSError):
+        import_prospects(tmp_path / "missing.csv", account="demo", default_region="US")
+
+
+def test_default_region_reads_local_numbers(db: None, tmp_path: Path) -> None:
+    path = tmp_path / "uk.csv"
+    rows = ["First Name,Last Name,Phone,Postal Code", "Alice,Hart,020 7946 0123,"]
+    path.write_text("\n".join([*rows, "Ben,Hart,0113 496 0321,LS1 6QP", ""]))
+    report = import_prospects(path, account="demo", default_region="GB")
+    assert report.imported == 2, report.problems
+    assert [p.phone for p in Prospect.select().order_by(Prospect.id)] == [
+        "+442079460123",
+        "+441134960321",
+    ]
+    assert [p.pid for p in Prospect.select().order_by(Prospect.id)] == ["P1", "P2"]
+
+
+def test_corpus_csv_imports_cleanly(db: None) -> None:
+    report = import_prospects(corpus_csv(), account="demo", default_region="US")
+    assert (report.imported, report.skipped, report.problems) == (300, 0, ())
+    assert Account.get_by_id("demo").prospect_seq == 1300
+    assert get("P1012").email == "gary.cruz84@example.net"
+    assert get("P1038").phone == "+442079460311"
+    assert get("P1005").phone == "+16145550141"  # "1-614-555-0141"
+    assert get("P1180").last_name == "Platt Sr."
+    assert get("P1168").first_name == "ANGEL"
+    assert (get("P1052").postal_code, get("P1052").country) == ("M4K 1N2", "CA")
+    p1095 = get("P1095")
+    assert (p1095.first_name, p1095.email, p1095.phone) == ("R", None, None)
