@@ -482,6 +482,8 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     print(f"seed {args.seed}; sizes {args.sizes}; SQLite WAL synchronous=FULL")
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             run_size(size, args, Path(tmp))
