@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import random
 import statistics
 import sys
@@ -32,6 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _support import machine  # noqa: E402
 
 from daemon.config import MatchSettings  # noqa: E402 - after the sys.path line above
 from daemon.db import open_database  # noqa: E402
@@ -420,19 +420,6 @@ def evaluate(leads: list[Labelled], settings: MatchSettings) -> tuple[Score, Sco
         rows = fetch_candidates(lead, account="bench", settings=settings).prospects
         base.add(*baseline(lead, rows, settings.max_shown), truth, label)
     return ours, base, latency
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(
-            (x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), model
-        )
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"cpu: {model}; cores: {os.cpu_count()}; python {platform.python_version()}; {system}"
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

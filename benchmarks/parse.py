@@ -13,7 +13,6 @@ import cProfile
 import io
 import logging
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -26,6 +25,8 @@ import mailparser
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _support import machine  # noqa: E402
+
 from daemon.parse import parse_message  # noqa: E402 - after the sys.path line above
 
 CORPUS = Path(os.environ.get("ELEADS_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -37,21 +38,6 @@ def messages() -> tuple[str, list[bytes]]:
         return str(CORPUS), [p.read_bytes() for p in found]
     fixtures = sorted((ROOT / "tests" / "fixtures").glob("**/*.eml"))
     return str(ROOT / "tests" / "fixtures"), [p.read_bytes() for p in fixtures]
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"cpu: {model}; cores: {os.cpu_count()}; python {platform.python_version()} "
-        f"({platform.python_implementation()}); {platform.system()} {platform.release()}"
-    )
 
 
 def pin_one_core() -> str:

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -27,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _support import free_port, machine, percentile, wait_listening
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,24 +56,6 @@ def message(n: int) -> bytes:
         * 30
     )
     return body.encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit("server did not start")
 
 
 async def _expect(reader: asyncio.StreamReader, code: bytes) -> None:
@@ -144,23 +125,6 @@ def start_eleads() -> tuple[subprocess.Popen[bytes], int, Path | None]:
     )
     wait_listening(port, proc)
     return proc, port, tmp
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
 def wait_processed(db_path: Path, messages: int, started: float) -> float:
