@@ -18,7 +18,8 @@ from daemon.db.models import AuditEvent, ELead, InboundMessage, Prospect
 from daemon.errors import UsageError
 from daemon.notify.outbox import list_outbox
 from daemon.pipeline import Outcome
-from daemon.prospects import ImportReport, import_prospects, list_prospects
+from daemon.prospects import ImportReport, list_prospects
+from daemon.prospects_import import import_prospects
 from daemon.runner import process_or_defer
 from daemon.runtime import DataDirLock, Runtime, open_runtime
 from daemon.spool import Envelope

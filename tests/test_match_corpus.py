@@ -21,7 +21,8 @@ from daemon.config import MatchSettings
 from daemon.db import open_database
 from daemon.db.models import Account, Prospect
 from daemon.match import Decision, match_lead
-from daemon.prospects import create_prospect, fill_empty_fields, import_prospects, refresh_keys
+from daemon.prospects import create_prospect, fill_empty_fields, refresh_keys
+from daemon.prospects_import import import_prospects
 
 CORPUS = Path(
     os.environ.get(

@@ -14,7 +14,8 @@ from daemon.db.models import Account, Prospect, ProspectKey
 from daemon.errors import UsageError
 from daemon.match.keys import blocking_keys
 from daemon.match.retrieve import explain
-from daemon.prospects import create_prospect, fill_empty_fields, import_prospects, list_prospects
+from daemon.prospects import create_prospect, fill_empty_fields, list_prospects
+from daemon.prospects_import import import_prospects
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE / "fixtures" / "match" / "prospects.csv"

@@ -51,7 +51,7 @@ from daemon.db.models import (
     database_proxy,
 )
 from daemon.pipeline import Pipeline
-from daemon.prospects import import_prospects
+from daemon.prospects_import import import_prospects
 from daemon.runtime import open_runtime
 
 from .conftest import BASE_CONFIG, DaemonThread, free_port
