@@ -7,9 +7,11 @@ error (a bug: one line on stderr, the traceback only in the debug log).
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +49,10 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
         except EleadsError as exc:
             fail(str(exc))
         except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                # The reader went away (`eleads list | head`): stop quietly, like other tools.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(0)
             where = f" {exc.filename}" if exc.filename else ""
             fail(f"I/O error{where}: {exc.strerror or exc}")
         except KeyboardInterrupt:

@@ -129,3 +129,29 @@ def test_unparseable_lead_is_kept_as_failed_parse(make_config: Any, tmp_path: Pa
     assert shown["state"] == "failed_parse"
     assert any("ADF refused" in p for p in shown["problems"])
     assert Path(shown["raw_path"]).read_bytes().endswith(raw)
+
+
+def test_output_cut_short_by_a_pipe_is_quiet(make_config: Any, tmp_path: Path) -> None:
+    """`eleads list | head -1` must not end with an I/O error message."""
+    config = make_config()
+    for n in range(40):
+        (tmp_path / f"m{n}.eml").write_bytes(lead_bytes(100 + n))
+    ingest(config, *[tmp_path / f"m{n}.eml" for n in range(40)])
+    out = subprocess.run(
+        f"{sys.executable} -m daemon.cli list --config {config} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert len(out.stdout.splitlines()) == 1
+    assert "Broken pipe" not in out.stderr and "Traceback" not in out.stderr
+    shown = subprocess.run(
+        f"{sys.executable} -m daemon.cli show E-1 --config {config} | head -2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert len(shown.stdout.splitlines()) == 2
+    assert "Broken pipe" not in shown.stderr and "Traceback" not in shown.stderr
