@@ -36,7 +36,14 @@ from daemon.commands.handle import ReplyHandler
 from daemon.config import Settings
 from daemon.convert import apply_decision
 from daemon.db import write_transaction
-from daemon.db.models import AuditEvent, ELead, InboundMessage, database_proxy
+from daemon.db.models import (
+    AuditEvent,
+    ELead,
+    InboundMessage,
+    database_proxy,
+    naive_utc,
+    utcnow,
+)
 from daemon.match import match_lead
 from daemon.notify.outbox import queue_for_elead
 from daemon.parse import parse_message
@@ -80,6 +87,20 @@ class Outcome:
             "prospect": self.prospect,
             "detail": self.detail,
         }
+
+
+def recorded_outcome(row: InboundMessage) -> Outcome:
+    """The Outcome of a message already processed, as its row recorded it."""
+    elead = row.eleads.first()
+    prospect = elead.prospect.pid if elead and elead.prospect is not None else None
+    return Outcome(
+        row.message_id,
+        row.outcome,
+        elead.public_id if elead else None,
+        prospect,
+        detail=row.detail or "",
+        spool_id=row.spool_id,
+    )
 
 
 def split_head_body(raw: bytes) -> tuple[bytes, bytes]:
@@ -261,27 +282,20 @@ class Pipeline:
         return None, None
 
     def _repeat_outcome(self, existing: InboundMessage, entry: SpoolEntry) -> Outcome:
-        elead = existing.eleads.first()
-        elead_id = elead.public_id if elead else None
         if existing.spool_id == entry.id:  # our own retry after a crash past the commit
-            return Outcome(
-                existing.message_id,
-                existing.outcome,
-                elead_id,
-                detail=existing.detail or "",
-                spool_id=entry.id,
-            )
+            return recorded_outcome(existing)
+        first = recorded_outcome(existing)
         log.info(
             "event=duplicate spool_id=%s message_id=%s elead=%s first_spool_id=%s",
             entry.id,
             existing.message_id,
-            elead_id,
+            first.elead,
             existing.spool_id,
         )
         return Outcome(
             existing.message_id,
             "duplicate",
-            elead_id,
+            first.elead,
             detail=f"already received as spool {existing.spool_id}",
             spool_id=entry.id,
         )
@@ -307,11 +321,22 @@ class Pipeline:
             detail=detail,
             received_at=_parse_time(envelope.received_at),
         )
-        if result.kind == "reply":
-            answered = ReplyHandler(settings=self.settings, now=_now()).handle(result, item.raw)
-            InboundMessage.update(detail=answered.detail).where(
+        final = self._dispatch(item, message, outcome, detail)
+        if (final.outcome, final.detail) != (outcome, detail):
+            # The row keeps what finally happened: a retry after a crash and `ingest`
+            # handing over to a running daemon report the outcome from it.
+            InboundMessage.update(outcome=final.outcome, detail=final.detail).where(
                 InboundMessage.id == message.id
             ).execute()
+        return final
+
+    def _dispatch(
+        self, item: _Prepared, message: InboundMessage, outcome: str, detail: str
+    ) -> Outcome:
+        entry, result, account_id = item.entry, item.result, item.account_id
+        account = account_id
+        if result.kind == "reply":
+            answered = ReplyHandler(settings=self.settings, now=utcnow()).handle(result, item.raw)
             return Outcome(
                 result.message_id,
                 "reply",
@@ -336,7 +361,7 @@ class Pipeline:
             header_date=_naive_utc(result.date),
             received_at=message.received_at,
         )
-        actor = f"pipeline:{envelope.listener}"
+        actor = f"pipeline:{entry.envelope.listener}"
         AuditEvent.create(
             actor=actor,
             action=f"elead_{state}",
@@ -347,7 +372,7 @@ class Pipeline:
         if state != "received" or account_id is None:
             # Kept as failed_parse: the Conversion Issue email says what was missing.
             queue_for_elead(
-                elead, settings=self.settings, outcome="failed", prospect_pid=None, now=_now()
+                elead, settings=self.settings, outcome="failed", prospect_pid=None, now=utcnow()
             )
             return Outcome(
                 result.message_id, outcome, elead.public_id, detail=detail, spool_id=entry.id
@@ -361,7 +386,7 @@ class Pipeline:
             settings=self.settings,
             outcome=conversion.outcome,
             prospect_pid=conversion.prospect,
-            now=_now(),
+            now=utcnow(),
         )
         return Outcome(
             result.message_id,
@@ -388,20 +413,12 @@ def _classify_outcome(result: ParseResult, account_id: str | None) -> tuple[str,
     return "dropped", f"{reason} (kept in the message archive){problems}"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _parse_time(value: str) -> datetime:
     try:
-        return _naive_utc(datetime.fromisoformat(value)) or datetime.now(UTC).replace(tzinfo=None)
+        return naive_utc(datetime.fromisoformat(value))
     except ValueError:
-        return datetime.now(UTC).replace(tzinfo=None)
+        return utcnow()
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
+    return None if value is None else naive_utc(value)

@@ -19,6 +19,8 @@ from daemon.config import Settings
 from daemon.db import open_database
 from daemon.db.models import Account, Location, database_proxy
 from daemon.errors import ConfigError, UsageError
+from daemon.parse.rules import RuleSet
+from daemon.parse.rules import load_rules as load_rule_files
 from daemon.pipeline import Pipeline
 from daemon.spool import Spool
 
@@ -39,18 +41,11 @@ class Runtime:
             self.db.close()
 
 
-def load_rules(settings: Settings) -> Any:
-    """Provider rules from ``rules_dir`` (None until the rules engine is present)."""
-    try:
-        from daemon.parse import rules as rules_module
-    except ImportError:
-        return None
-    loader = getattr(rules_module, "load_rules", None)
-    if loader is None:
-        return None
+def load_rules(settings: Settings) -> RuleSet:
+    """Provider rules from ``rules_dir``, checked against their schema."""
     if not settings.rules_dir.is_dir():
         raise ConfigError(f"{settings.source}: rules_dir: not a directory: {settings.rules_dir}")
-    return loader(settings.rules_dir)
+    return load_rule_files(settings.rules_dir)
 
 
 def sync_accounts(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from daemon.convert import convert_manual
 from daemon.db.models import AuditEvent, ELead, InboundMessage, Prospect
 from daemon.errors import UsageError
 from daemon.notify.outbox import list_outbox
-from daemon.pipeline import Outcome
+from daemon.pipeline import Outcome, recorded_outcome
 from daemon.prospects import ImportReport, list_prospects
 from daemon.prospects_import import import_prospects
 from daemon.runner import process_or_defer
@@ -33,14 +33,7 @@ def _wait_for_daemon(spool_id: str, timeout: float = HANDOVER_TIMEOUT) -> Outcom
     while time.monotonic() < deadline:
         row = InboundMessage.get_or_none(InboundMessage.spool_id == spool_id)
         if row is not None:
-            elead = row.eleads.first()
-            return Outcome(
-                row.message_id,
-                row.outcome,
-                elead.public_id if elead else None,
-                detail=row.detail or "",
-                spool_id=spool_id,
-            )
+            return recorded_outcome(row)
         time.sleep(0.05)
     return Outcome(
         None,

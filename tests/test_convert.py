@@ -273,3 +273,26 @@ def test_conversion_is_one_transaction(
     actions = [a.action for a in AuditEvent.select().order_by(AuditEvent.id)]
     assert actions == ["elead_received", "elead_created"]
     runtime.close()
+
+
+def test_retry_after_a_crash_past_the_commit_reports_the_real_outcome(
+    setup: tuple[Path, Path],
+) -> None:
+    """The spool file survived a crash after the commit: the retry reports what happened."""
+    config, _ = setup
+    runtime = open_runtime(load_settings(config))
+    entry = runtime.spool.put_sync(
+        lead(30, first="Ingrid", last="Holm", email="ingrid.holm@example.org"),
+        Envelope(listener="test"),
+    )
+    claimed = runtime.spool.claim(entry.id)
+    assert claimed is not None
+    first = process_or_defer(runtime.pipeline, runtime.spool, claimed)
+    assert first.outcome == "created" and first.prospect is not None
+    # As if the process died between the commit and removing the spool file:
+    archived = next(load_settings(config).messages_dir.rglob(f"{entry.id}.msg"))
+    (runtime.spool.dir("queue") / archived.name).write_bytes(archived.read_bytes())
+    again = process_or_defer(runtime.pipeline, runtime.spool, runtime.spool.claim(entry.id))
+    assert (again.outcome, again.elead, again.prospect) == ("created", first.elead, first.prospect)
+    assert Prospect.select().count() == 1 and LeadSource.select().count() == 1
+    runtime.close()

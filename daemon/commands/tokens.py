@@ -24,10 +24,10 @@ import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
-from daemon.db.models import ReplyToken, database_proxy
+from daemon.db.models import ReplyToken, database_proxy, naive_utc
 
 #: Random bytes per token (128 bits).
 TOKEN_BYTES = 16
@@ -74,13 +74,6 @@ class TokenProblem:
         return "this reply address is not known"
 
 
-def _naive_utc(value: datetime) -> datetime:
-    """The database stores naive UTC; accept aware datetimes too."""
-    if value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value
-
-
 def token_hash(token: str) -> str:
     """SHA-256 hex of the normalised token (mail systems may upper-case local parts)."""
     return hashlib.sha256(token.strip().lower().encode("ascii", "replace")).hexdigest()
@@ -95,7 +88,7 @@ def new_token() -> str:
 def issue_token(elead_id: int, account: str, *, ttl: timedelta, now: datetime) -> str:
     """Create a token for ``elead_id`` of ``account``; only its hash is stored."""
     token = new_token()
-    now = _naive_utc(now)
+    now = naive_utc(now)
     ReplyToken.create(
         elead=elead_id,
         account=account,
@@ -131,7 +124,7 @@ def _judge(row: ReplyToken | None, now: datetime) -> TokenGrant | TokenProblem:
 
 def check_token(token: str, *, now: datetime) -> TokenGrant | TokenProblem:
     """What ``token`` allows right now, without spending it."""
-    return _judge(_lookup(token), _naive_utc(now))
+    return _judge(_lookup(token), naive_utc(now))
 
 
 def consume_token(
@@ -147,7 +140,7 @@ def consume_token(
     token stays unspent (the rightful recipient can still answer). The UPDATE is
     conditional on ``used_at IS NULL``, so two concurrent replies cannot both win.
     """
-    now = _naive_utc(now)
+    now = naive_utc(now)
     with database_proxy.atomic():
         row = _lookup(token)
         verdict = _judge(row, now)
@@ -174,5 +167,5 @@ def consume_token(
 
 def purge_tokens(*, now: datetime, older_than: timedelta = timedelta(days=90)) -> int:
     """Delete tokens that expired more than ``older_than`` ago (housekeeping)."""
-    cutoff = _naive_utc(now) - older_than
+    cutoff = naive_utc(now) - older_than
     return int(ReplyToken.delete().where(ReplyToken.expires_at < cutoff).execute())

@@ -32,6 +32,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def naive_utc(value: datetime) -> datetime:
+    """The database stores naive UTC; accept aware datetimes too."""
+    if value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
 class JSONField(pw.TextField):
     """JSON stored as text, so SQLite and PostgreSQL behave alike."""
 

@@ -31,7 +31,7 @@ from email.utils import format_datetime
 from typing import Any, cast
 
 from daemon.config import AccountSettings, OutboundSettings, Settings
-from daemon.db.models import ELead, LeadSource, Notification, Prospect
+from daemon.db.models import ELead, LeadSource, Notification, Prospect, naive_utc
 from daemon.notify.render import (
     appointment_info,
     clean_header,
@@ -40,7 +40,6 @@ from daemon.notify.render import (
     format_name,
     format_phone,
     mailto,
-    naive_utc,
 )
 
 log = logging.getLogger(__name__)

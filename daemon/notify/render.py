@@ -26,7 +26,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -39,6 +39,7 @@ import phonenumbers
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 
 from daemon.config import OutboundSettings, Settings
+from daemon.db.models import naive_utc
 from daemon.spool import read_spool_file
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -88,13 +89,6 @@ def templates_dir_for(settings: Settings) -> Path | None:
 
 
 # --- presentation helpers (used to build template contexts) ---------------------
-
-
-def naive_utc(value: datetime) -> datetime:
-    """The database keeps naive UTC; callers may pass aware datetimes."""
-    if value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value
 
 
 def display_time(value: datetime | None) -> str | None:
