@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -47,3 +49,61 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _expect(reader: asyncio.StreamReader, code: bytes) -> None:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("server closed the connection")
+        if line[3:4] != b"-":
+            if not line.startswith(code):
+                raise RuntimeError(f"unexpected reply: {line!r}")
+            return
+
+
+async def _sender(
+    port: int,
+    jobs: asyncio.Queue[int],
+    make: Callable[[int], bytes],
+    accepted: dict[int, tuple[float, float]],
+) -> None:
+    """One persistent SMTP connection sending jobs until the queue is empty."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await _expect(reader, b"220")
+    writer.write(b"EHLO bench.example\r\n")
+    await _expect(reader, b"250")
+    while True:
+        try:
+            n = jobs.get_nowait()
+        except asyncio.QueueEmpty:
+            break
+        data = make(n).replace(b"\r\n.", b"\r\n..")
+        start = time.perf_counter()
+        writer.write(b"MAIL FROM:<forms@bench.example>\r\n")
+        await _expect(reader, b"250")
+        writer.write(b"RCPT TO:<leads@demo.example>\r\n")
+        await _expect(reader, b"250")
+        writer.write(b"DATA\r\n")
+        await _expect(reader, b"354")
+        writer.write(data + b"\r\n.\r\n")
+        await _expect(reader, b"250")
+        accepted[n] = (time.time(), time.perf_counter() - start)
+    writer.write(b"QUIT\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def smtp_load(
+    port: int, count: int, connections: int, make: Callable[[int], bytes]
+) -> tuple[float, dict[int, tuple[float, float]]]:
+    """Send messages 0..count-1 (``make(n)`` builds one) over persistent connections.
+
+    Returns the elapsed seconds and, per accepted n, (wall time of its 250, latency)."""
+    jobs: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(count):
+        jobs.put_nowait(n)
+    accepted: dict[int, tuple[float, float]] = {}
+    start = time.perf_counter()
+    await asyncio.gather(*(_sender(port, jobs, make, accepted) for _ in range(connections)))
+    return time.perf_counter() - start, accepted

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _support import free_port, machine, percentile, wait_listening
+from _support import free_port, machine, percentile, smtp_load, wait_listening
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,53 +56,6 @@ def message(n: int) -> bytes:
         * 30
     )
     return body.encode()
-
-
-async def _expect(reader: asyncio.StreamReader, code: bytes) -> None:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("server closed the connection")
-        if line[3:4] != b"-":
-            if not line.startswith(code):
-                raise RuntimeError(f"unexpected reply: {line!r}")
-            return
-
-
-async def _connection(port: int, jobs: asyncio.Queue[int], latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await _expect(reader, b"220")
-    writer.write(b"EHLO bench.example\r\n")
-    await _expect(reader, b"250")
-    while True:
-        try:
-            n = jobs.get_nowait()
-        except asyncio.QueueEmpty:
-            break
-        data = message(n).replace(b"\r\n.", b"\r\n..")
-        start = time.perf_counter()
-        writer.write(b"MAIL FROM:<forms@bench.example>\r\n")
-        await _expect(reader, b"250")
-        writer.write(b"RCPT TO:<leads@demo.example>\r\n")
-        await _expect(reader, b"250")
-        writer.write(b"DATA\r\n")
-        await _expect(reader, b"354")
-        writer.write(data + b"\r\n.\r\n")
-        await _expect(reader, b"250")
-        latencies.append(time.perf_counter() - start)
-    writer.write(b"QUIT\r\n")
-    await writer.drain()
-    writer.close()
-
-
-async def load(port: int, messages: int, connections: int) -> tuple[float, list[float]]:
-    jobs: asyncio.Queue[int] = asyncio.Queue()
-    for n in range(messages):
-        jobs.put_nowait(n)
-    latencies: list[float] = []
-    start = time.perf_counter()
-    await asyncio.gather(*(_connection(port, jobs, latencies) for _ in range(connections)))
-    return time.perf_counter() - start, latencies
 
 
 def start_null() -> tuple[subprocess.Popen[bytes], int, Path | None]:
@@ -153,7 +106,8 @@ def run_round(kind: str, messages: int, connections: int) -> tuple[float, float,
     end_to_end = 0.0
     try:
         started = time.perf_counter()
-        elapsed, latencies = asyncio.run(load(port, messages, connections))
+        elapsed, accepted = asyncio.run(smtp_load(port, messages, connections, message))
+        latencies = [latency for _, latency in accepted.values()]
         if tmp is not None:
             end_to_end = messages / wait_processed(tmp / "var" / "eleads.db", messages, started)
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 import peewee as pw
 
 from daemon.db import write_transaction
+from daemon.db.fast import create_row, update_row
 from daemon.db.models import AuditEvent, ELead, LeadSource, Prospect, database_proxy, utcnow
 from daemon.errors import CommandError, UsageError
 from daemon.match import Candidate, Decision
@@ -50,7 +51,8 @@ def candidate_row(rank: int, candidate: Candidate) -> dict[str, Any]:
 
 
 def _lead_source(elead: ELead, prospect: Prospect, lead: Mapping[str, Any]) -> None:
-    LeadSource.create(
+    create_row(
+        LeadSource,
         prospect=prospect,
         elead=elead,
         source=lead.get("source"),
@@ -65,7 +67,8 @@ def _lead_source(elead: ELead, prospect: Prospect, lead: Mapping[str, Any]) -> N
 def _audit(
     elead: ELead, action: str, actor: str, prospect: Prospect | None, detail: dict[str, Any]
 ) -> None:
-    AuditEvent.create(
+    create_row(
+        AuditEvent,
         actor=actor,
         action=action,
         account=elead.account_id,
@@ -79,7 +82,7 @@ def _finish(elead: ELead, state: str, prospect: Prospect | None) -> None:
     elead.state = state
     elead.prospect = prospect
     elead.updated_at = utcnow()
-    elead.save()
+    update_row(elead, "state", "prospect", "candidates", "updated_at")
 
 
 def apply_decision(

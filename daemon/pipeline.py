@@ -36,6 +36,7 @@ from daemon.commands.handle import ReplyHandler
 from daemon.config import Settings
 from daemon.convert import apply_decision
 from daemon.db import write_transaction
+from daemon.db.fast import create_row
 from daemon.db.models import (
     AuditEvent,
     ELead,
@@ -209,9 +210,21 @@ class Pipeline:
         """
         results: dict[str, Outcome | Exception] = {}
         prepared: list[_Prepared] = []
+        raws: dict[str, tuple[bytes, str]] = {}
         for entry in entries:
             try:
-                ready = self._prepare(entry)
+                raw = self.spool.read_raw(entry)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, entry retried
+                results[entry.id] = exc
+                continue
+            raws[entry.id] = (raw, dedupe_key(raw))
+        known = self._known([key for _, key in raws.values()])
+        for entry in entries:
+            if entry.id not in raws:
+                continue
+            raw, key = raws[entry.id]
+            try:
+                ready = self._prepare(entry, raw, key, known.get(key))
             except Exception as exc:  # noqa: BLE001 - reported to the caller, entry retried
                 results[entry.id] = exc
                 continue
@@ -243,11 +256,18 @@ class Pipeline:
                 )
         return [results[entry.id] for entry in entries]
 
-    def _prepare(self, entry: SpoolEntry) -> _Prepared | Outcome:
-        """Everything that needs no transaction: read, dedupe check, parse, archive."""
-        raw = self.spool.read_raw(entry)
-        key = dedupe_key(raw)
-        existing = InboundMessage.get_or_none(InboundMessage.dedupe_key == key)
+    @staticmethod
+    def _known(keys: list[str]) -> dict[str, InboundMessage]:
+        """Rows already stored for these dedupe keys: one query for the whole batch."""
+        if not keys:
+            return {}
+        query = InboundMessage.select().where(InboundMessage.dedupe_key.in_(keys))
+        return {row.dedupe_key: row for row in query}
+
+    def _prepare(
+        self, entry: SpoolEntry, raw: bytes, key: str, existing: InboundMessage | None
+    ) -> _Prepared | Outcome:
+        """Everything that needs no transaction: dedupe check, parse, archive."""
         if existing is not None:
             if existing.spool_id == entry.id:
                 self._archive(entry, repair=True)  # replayed after a crash: check the copy
@@ -306,7 +326,8 @@ class Pipeline:
         outcome, detail = _classify_outcome(result, account_id)
         # Accounts are synced from config at start: the id is a valid foreign key as is.
         account = account_id
-        message = InboundMessage.create(
+        message = create_row(
+            InboundMessage,
             dedupe_key=item.key,
             spool_id=entry.id,
             message_id=result.message_id,
@@ -349,7 +370,8 @@ class Pipeline:
             return Outcome(result.message_id, outcome, detail=detail, spool_id=entry.id)
         lead = dict(result.lead or {})
         state = "failed_parse" if outcome == "failed" else "received"
-        elead = ELead.create(
+        elead = create_row(
+            ELead,
             account=account,
             message=message,
             message_id=result.message_id,
@@ -362,7 +384,8 @@ class Pipeline:
             received_at=message.received_at,
         )
         actor = f"pipeline:{entry.envelope.listener}"
-        AuditEvent.create(
+        create_row(
+            AuditEvent,
             actor=actor,
             action=f"elead_{state}",
             account=account,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from daemon import convert
 from daemon.config import load_settings
 from daemon.db.models import AuditEvent, ELead, LeadSource, Prospect
 from daemon.runner import process_or_defer
@@ -255,7 +256,7 @@ def test_conversion_is_one_transaction(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise OSError(5, "disk went away")
 
-    monkeypatch.setattr(LeadSource, "create", broken)
+    monkeypatch.setattr(convert, "_lead_source", broken)
     entry = runtime.spool.put_sync(
         lead(20, first="Nadia", last="Ferreira", email="nadia@example.org"),
         Envelope(listener="test"),

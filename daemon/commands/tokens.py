@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from daemon.db.fast import create_row
 from daemon.db.models import ReplyToken, database_proxy, naive_utc
 
 #: Random bytes per token (128 bits).
@@ -89,7 +90,8 @@ def issue_token(elead_id: int, account: str, *, ttl: timedelta, now: datetime) -
     """Create a token for ``elead_id`` of ``account``; only its hash is stored."""
     token = new_token()
     now = naive_utc(now)
-    ReplyToken.create(
+    create_row(
+        ReplyToken,
         elead=elead_id,
         account=account,
         token_hash=token_hash(token),

@@ -31,6 +31,7 @@ from email.utils import format_datetime
 from typing import Any, cast
 
 from daemon.config import AccountSettings, OutboundSettings, Settings
+from daemon.db.fast import create_row
 from daemon.db.models import ELead, LeadSource, Notification, Prospect, naive_utc
 from daemon.notify.render import (
     appointment_info,
@@ -234,7 +235,8 @@ def queue_message(
     if parent:
         stored["In-Reply-To"] = parent[0]
         stored["References"] = " ".join([*(r for r in refs if r != parent[0]), parent[0]])
-    row: Notification = Notification.create(
+    row = create_row(
+        Notification,
         account=account,
         kind=kind,
         to=recipients,

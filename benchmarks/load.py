@@ -1,0 +1,337 @@
+"""Bounded load and soak of the real daemon: leads/s end to end, latency, RSS, nothing lost.
+
+    .venv/bin/python benchmarks/load.py [--leads 20000] [--connections 32] [--prospects 100000]
+    .venv/bin/python benchmarks/load.py --soak-minutes 30 --rate 20 --prospects 100000
+
+Load mode: SEEDED synthetic prospects (benchmarks/match.py's generator: US name
+frequencies, households, untidy CSV) are imported with ``eleads prospects import``; then
+``eleads serve`` runs as its own process (spool worker as a child process, outbox to the
+Maildir, notifications for every kind configured) and receives lead emails over N
+concurrent SMTP connections to 127.0.0.1: a realistic mix (duplicates of prospects with
+nicknames, typos and changed contacts, spouses, canvasser emails, new people). It reports
+accepted/s, end-to-end processed/s (first send to last conversion), p50/p99 latency from
+each SMTP 250 to its conversion (the ``processed_at`` written in the converting
+transaction), peak RSS of the daemon and of its worker (VmHWM), and then checks that every
+accepted message became exactly one eLead and nothing else was stored.
+
+Soak mode sends at a steady rate for the given minutes and samples RSS and open file
+descriptors of both processes every ``--sample`` seconds; it prints the samples and the
+change from the first to the last quarter, which should be flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _support import free_port, machine, percentile, smtp_load, wait_listening  # noqa: E402
+from match import World, write_csv  # noqa: E402
+
+LABELS = {
+    "first_name": "First Name",
+    "last_name": "Last Name",
+    "email": "Email",
+    "phone": "Phone",
+    "street": "Street Address",
+    "city": "City",
+    "region": "State",
+    "postal_code": "Zip Code",
+}
+FILLER = "We are looking at replacing the windows on the south side of the house.\r\n"
+
+
+def lead_email(n: int, lead: dict[str, Any], stamp: int) -> bytes:
+    lines = "".join(f"{label}: {lead[k]}\r\n" for k, label in LABELS.items() if lead.get(k))
+    head = (
+        "From: Website <forms@bench.example>\r\nTo: leads@demo.example\r\n"
+        f"Subject: New contact form submission #{n}\r\n"
+        f"Message-ID: <load-{n}-{stamp}@bench.example>\r\n"
+        "Date: Mon, 23 Nov 2026 10:15:00 -0500\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    return (head + lines + f"Comments: {FILLER * 4}").encode()
+
+
+def write_config(tmp: Path, port: int) -> Path:
+    config = tmp / "config.yaml"
+    everyone = "[sales@demo.example]"
+    config.write_text(
+        f"data_dir: {tmp / 'var'}\nrules_dir: {ROOT / 'rules'}\nlogging: {{level: warning}}\n"
+        f"smtp: {{host: 127.0.0.1, port: {port}}}\n"
+        "visits: {enabled: false}\n"
+        "accounts:\n  - id: demo\n    country: US\n    notifications:\n"
+        f"      received: {everyone}\n      appointment: {everyone}\n"
+        f"      conversion_issue: {everyone}\n    authorised_senders: {everyone}\n"
+    )
+    return config
+
+
+def eleads(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def import_prospects(world: World, count: int, tmp: Path, config: Path) -> list[dict[str, Any]]:
+    people = world.prospects(count)
+    csv_path = tmp / "prospects.csv"
+    write_csv(csv_path, people, random.Random(1))
+    started = time.perf_counter()
+    args = ("prospects", "import", str(csv_path), "--account", "demo", "--config", str(config))
+    done = eleads(*args)
+    if done.returncode != 0:
+        raise SystemExit(f"prospects import failed: {done.stderr.strip()}")
+    elapsed = time.perf_counter() - started
+    print(f"imported {count} prospects in {elapsed:.1f} s (CLI, process start included)")
+    return people
+
+
+def family(pid: int) -> list[int]:
+    """The daemon and its children (the spool worker)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found.extend(int(c) for c in children)
+    return found
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_processed(db_path: Path, accepted: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db_path, timeout=5) as db:
+                (count,) = db.execute("select count(*) from inbound_message").fetchone()
+            if count >= accepted:
+                return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"not every accepted message was processed within {timeout:.0f} s")
+
+
+def verify(db_path: Path, accepted_ids: set[str]) -> dict[str, int]:
+    """Every accepted message is exactly one eLead; nothing else stored. Returns outcomes."""
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "select m.message_id, count(e.id) from inbound_message m "
+            "left join elead e on e.inbound_id = m.id group by m.id"
+        ).fetchall()
+        outcomes = dict(
+            db.execute("select outcome, count(*) from inbound_message group by outcome").fetchall()
+        )
+    stored = [mid for mid, _ in rows]
+    problems = []
+    if len(stored) != len(set(stored)):
+        problems.append(f"{len(stored) - len(set(stored))} messages stored twice")
+    if missing := accepted_ids - set(stored):
+        problems.append(f"{len(missing)} accepted messages missing")
+    if extra := set(stored) - accepted_ids:
+        problems.append(f"{len(extra)} stored messages that were never accepted")
+    if wrong := [mid for mid, eleads in rows if eleads != 1]:
+        problems.append(f"{len(wrong)} messages without exactly one eLead")
+    if problems:
+        raise SystemExit("VERIFY FAILED: " + "; ".join(problems))
+    return outcomes
+
+
+def conversion_latencies(db_path: Path, accepted: dict[str, float]) -> list[float]:
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("select message_id, processed_at from inbound_message").fetchall()
+    out = []
+    for mid, processed in rows:
+        done = datetime.fromisoformat(processed).replace(tzinfo=UTC).timestamp()
+        out.append(max(0.0, done - accepted[mid]))
+    return out
+
+
+def last_processed(db_path: Path) -> float:
+    with sqlite3.connect(db_path) as db:
+        (value,) = db.execute("select max(processed_at) from inbound_message").fetchone()
+    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+
+
+class Daemon:
+    """``eleads serve`` in its own process, on a free port."""
+
+    def __init__(self, tmp: Path, config: Path, port: int) -> None:
+        self.db_path = tmp / "var" / "eleads.db"
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)], cwd=ROOT
+        )
+        wait_listening(port, self.proc)
+
+    def peak_rss_mib(self) -> list[float]:
+        return [status_kib(p, "VmHWM") / 1024 for p in family(self.proc.pid)]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(120)
+
+
+def make_leads(world: World, people: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    return [lead for lead, _, _ in world.leads(people, count)]
+
+
+def run_load(args: argparse.Namespace, tmp: Path) -> None:
+    port = free_port()
+    config = write_config(tmp, port)
+    world = World(args.seed)
+    people = import_prospects(world, args.prospects, tmp, config)
+    leads = make_leads(world, people, args.leads)
+    stamp = time.time_ns()
+    payloads = [lead_email(n, lead, stamp) for n, lead in enumerate(leads)]
+    daemon = Daemon(tmp, config, port)
+    try:
+        started = time.time()
+        elapsed, accepted = asyncio.run(
+            smtp_load(port, len(payloads), args.connections, payloads.__getitem__)
+        )
+        ids = {f"load-{n}-{stamp}@bench.example": t250 for n, (t250, _) in accepted.items()}
+        wait_processed(daemon.db_path, len(ids))
+        end_to_end = len(ids) / (last_processed(daemon.db_path) - started)
+        rss = daemon.peak_rss_mib()
+    finally:
+        code = daemon.stop()
+    outcomes = verify(daemon.db_path, set(ids))
+    latencies = conversion_latencies(daemon.db_path, ids)
+    smtp = [lat for _, lat in accepted.values()]
+    print(
+        f"load: {len(payloads)} lead emails, {args.connections} connections, "
+        f"{args.prospects} prospects"
+    )
+    print(f"  accepted     {len(ids) / elapsed:8.0f} msg/s  ({len(ids)} of {len(payloads)})")
+    print(f"  end to end   {end_to_end:8.0f} leads/s (first send to last conversion)")
+    print(
+        f"  SMTP         p50 {percentile(smtp, 0.5) * 1000:7.1f} ms  "
+        f"p99 {percentile(smtp, 0.99) * 1000:7.1f} ms"
+    )
+    print(
+        f"  250->convert p50 {percentile(latencies, 0.5) * 1000:7.1f} ms  "
+        f"p99 {percentile(latencies, 0.99) * 1000:7.1f} ms"
+    )
+    print("  peak RSS     " + " + ".join(f"{r:.0f} MiB" for r in rss) + " (daemon + worker)")
+    print(f"  outcomes     {dict(sorted(outcomes.items()))}")
+    print(f"  verified: every accepted message is exactly one eLead; exit status {code}")
+
+
+async def steady(
+    port: int, rate: float, seconds: float, make: Callable[[int], bytes], tick: Callable[[], None]
+) -> dict[int, tuple[float, float]]:
+    """Send ``rate`` messages per second in one-second bursts for ``seconds``."""
+    accepted: dict[int, tuple[float, float]] = {}
+    sent = 0
+    start = time.monotonic()
+    while (now := time.monotonic()) - start < seconds:
+        burst = int((now - start + 1) * rate) - sent
+        if burst > 0:
+            burst_of = functools.partial(lambda first, i: make(first + i), sent)
+            _, got = await smtp_load(port, burst, min(4, burst), burst_of)
+            accepted.update({sent + i: v for i, v in got.items()})
+            sent += burst
+        tick()
+        await asyncio.sleep(max(0.0, start + (sent / rate) - time.monotonic()))
+    return accepted
+
+
+def run_soak(args: argparse.Namespace, tmp: Path) -> None:
+    port = free_port()
+    config = write_config(tmp, port)
+    world = World(args.seed)
+    people = import_prospects(world, args.prospects, tmp, config)
+    total = int(args.rate * args.soak_minutes * 60) + int(args.rate) + 10
+    leads = make_leads(world, people, total)
+    stamp = time.time_ns()
+    daemon = Daemon(tmp, config, port)
+    samples: list[tuple[float, list[float], list[int]]] = []
+    started = time.monotonic()
+    next_sample = [started]
+
+    def tick() -> None:
+        if time.monotonic() >= next_sample[0]:
+            pids = family(daemon.proc.pid)
+            rss = [status_kib(p, "VmRSS") / 1024 for p in pids]
+            samples.append((time.monotonic() - started, rss, [open_fds(p) for p in pids]))
+            next_sample[0] += args.sample
+
+    try:
+        accepted = asyncio.run(
+            steady(
+                port,
+                args.rate,
+                args.soak_minutes * 60,
+                lambda n: lead_email(n, leads[n], stamp),
+                tick,
+            )
+        )
+        ids = {f"load-{n}-{stamp}@bench.example": t for n, (t, _) in accepted.items()}
+        wait_processed(daemon.db_path, len(ids))
+    finally:
+        code = daemon.stop()
+    verify(daemon.db_path, set(ids))
+    print(f"soak: {args.soak_minutes} min at {args.rate}/s, {len(ids)} leads accepted")
+    print("  t(s)   RSS MiB (daemon, worker)   open fds (daemon, worker)")
+    for at, rss, fds in samples:
+        print(f"  {at:6.0f}  {', '.join(f'{r:6.1f}' for r in rss):24}  {fds}")
+    quarter = max(1, len(samples) // 4)
+    first, last = samples[:quarter], samples[-quarter:]
+    for i, name in enumerate(("daemon", "worker")):
+        if all(len(s[1]) > i for s in samples):
+            a = sorted(s[1][i] for s in first)[len(first) // 2]
+            b = sorted(s[1][i] for s in last)[len(last) // 2]
+            fa, fb = max(s[2][i] for s in first), max(s[2][i] for s in last)
+            print(f"  {name}: RSS median {a:.1f} -> {b:.1f} MiB; fds max {fa} -> {fb}")
+    print(f"  verified: every accepted message is exactly one eLead; exit status {code}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--leads", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--prospects", type=int, default=100000)
+    parser.add_argument("--seed", type=int, default=20261126)
+    parser.add_argument("--soak-minutes", type=float, default=0, help="soak mode when > 0")
+    parser.add_argument("--rate", type=float, default=20, help="soak: leads per second")
+    parser.add_argument("--sample", type=float, default=30, help="soak: seconds per sample")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    tmp = Path(tempfile.mkdtemp(prefix="eleads-load-"))
+    try:
+        (run_soak if args.soak_minutes > 0 else run_load)(args, tmp)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+if __name__ == "__main__":
+    main()
