@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"ELEADS-SPOOL 1 "
 _SUBDIRS = ("tmp", "queue", "active", "state", "failed", "journal")
+#: Where a journal record already has its file (absorbed before a restart).
+_HOLDING = ("queue", "active", "failed")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,11 @@ class Spool:
         self._journal_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eleads-journal")
         self._fsyncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eleads-fsync")
         self._listeners: list[Callable[[], None]] = []
+        # Worker side: the queue's ids, oldest first, so that a batch does not list and
+        # sort a directory of tens of thousands of files; rebuilt from disk at least every
+        # second for files other processes add (CLI ingest, requeue).
+        self._known_queue: deque[str] = deque()
+        self._known_queue_at = float("-inf")
 
     def dir(self, name: str) -> Path:
         return self._dirs[name]
@@ -211,10 +219,11 @@ class Spool:
             if spool_id is None:
                 continue
             name = f"{spool_id}.msg"
-            if not any((self._dirs[d] / name).exists() for d in ("queue", "active", "failed")):
+            if not any(os.path.exists(f"{self._dirs[d]}/{name}") for d in _HOLDING):
                 pairs.append((spool_id, body))
         if pairs:
             self._write_files(pairs, durable=False)
+            self._known_queue.extend(spool_id for spool_id, _ in pairs)
         self._reader.advance()
         return len(pairs)
 
@@ -391,16 +400,22 @@ class Spool:
 
     def claim_due(self, limit: int = 100) -> list[SpoolEntry]:
         self.absorb_journal()
+        if not self._known_queue or time.monotonic() - self._known_queue_at > 1.0:
+            self._known_queue = deque(self.queued_ids())
+            self._known_queue_at = time.monotonic()
         now = self.clock()
         claimed: list[SpoolEntry] = []
-        for spool_id in self.queued_ids():
-            if len(claimed) >= limit:
-                break
+        not_due: list[str] = []
+        queue = self._known_queue
+        while queue and len(claimed) < limit:
+            spool_id = queue.popleft()
             if self._state(spool_id).next_attempt_at > now:
+                not_due.append(spool_id)
                 continue
-            entry = self.claim(spool_id)
+            entry = self.claim(spool_id)  # None: gone meanwhile (another worker, requeue)
             if entry is not None:
                 claimed.append(entry)
+        queue.extendleft(reversed(not_due))
         return claimed
 
     def next_due_in(self) -> float | None:
@@ -430,6 +445,7 @@ class Spool:
         except FileNotFoundError:
             log.warning("event=spool_entry_gone spool_id=%s while=defer", entry.id)
             return False
+        self._known_queue.append(entry.id)
         log.warning(
             "event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
             entry.id,
@@ -490,6 +506,7 @@ class Spool:
         os.replace(src, self._dirs["queue"] / src.name)
         fsync_dir(self._dirs["queue"])
         (self._dirs["failed"] / f"{spool_id}.json").unlink(missing_ok=True)
+        self._known_queue.append(spool_id)
         log.info("event=spool_requeued spool_id=%s", spool_id)
 
     def recover_claims(self) -> int:
