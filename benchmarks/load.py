@@ -118,6 +118,12 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: robust to a busy machine, unlike wall time."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -191,6 +197,9 @@ class Daemon:
     def peak_rss_mib(self) -> list[float]:
         return [status_kib(p, "VmHWM") / 1024 for p in family(self.proc.pid)]
 
+    def cpu(self) -> list[float]:
+        return [cpu_seconds(p) for p in family(self.proc.pid)]
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(120)
@@ -218,6 +227,7 @@ def run_load(args: argparse.Namespace, tmp: Path) -> None:
         wait_processed(daemon.db_path, len(ids))
         end_to_end = len(ids) / (last_processed(daemon.db_path) - started)
         rss = daemon.peak_rss_mib()
+        cpu = daemon.cpu()
     finally:
         code = daemon.stop()
     outcomes = verify(daemon.db_path, set(ids))
@@ -238,6 +248,11 @@ def run_load(args: argparse.Namespace, tmp: Path) -> None:
         f"p99 {percentile(latencies, 0.99) * 1000:7.1f} ms"
     )
     print("  peak RSS     " + " + ".join(f"{r:.0f} MiB" for r in rss) + " (daemon + worker)")
+    per_lead = [c / len(ids) * 1000 for c in cpu]
+    print("  CPU per lead " + " + ".join(f"{c:.2f} ms" for c in per_lead) + " (daemon + worker)")
+    # The worker is one process: it cannot use more than a core, and both share two.
+    bound = min(1000 / per_lead[-1], 2000 / sum(per_lead))
+    print(f"  CPU-bound capacity on an idle 2-core machine: {bound:.0f} leads/s")
     print(f"  outcomes     {dict(sorted(outcomes.items()))}")
     print(f"  verified: every accepted message is exactly one eLead; exit status {code}")
 

@@ -17,7 +17,7 @@ from typing import Any
 import peewee as pw
 
 from daemon.db import write_transaction
-from daemon.db.fast import create_row, update_row
+from daemon.db.fast import create_row, get_row, update_row
 from daemon.db.models import AuditEvent, ELead, LeadSource, Prospect, database_proxy, utcnow
 from daemon.errors import CommandError, UsageError
 from daemon.match import Candidate, Decision
@@ -111,7 +111,7 @@ def apply_decision(
                 "needs a decision: " + "; ".join(decision.reasons),
             )
         if decision.outcome == "matched":
-            prospect = Prospect.get_by_id(decision.prospect_id)
+            prospect = get_row(Prospect, decision.prospect_id)
             filled = fill_empty_fields(prospect, lead)
             detail["filled"] = filled
         else:

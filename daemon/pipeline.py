@@ -36,7 +36,7 @@ from daemon.commands.handle import ReplyHandler
 from daemon.config import Settings
 from daemon.convert import apply_decision
 from daemon.db import write_transaction
-from daemon.db.fast import create_row
+from daemon.db.fast import create_row, update_row
 from daemon.db.models import (
     AuditEvent,
     ELead,
@@ -346,9 +346,8 @@ class Pipeline:
         if (final.outcome, final.detail) != (outcome, detail):
             # The row keeps what finally happened: a retry after a crash and `ingest`
             # handing over to a running daemon report the outcome from it.
-            InboundMessage.update(outcome=final.outcome, detail=final.detail).where(
-                InboundMessage.id == message.id
-            ).execute()
+            message.outcome, message.detail = final.outcome, final.detail
+            update_row(message, "outcome", "detail")
         return final
 
     def _dispatch(

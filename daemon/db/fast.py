@@ -74,3 +74,24 @@ def update_row(row: Any, *names: str) -> None:
     params = [meta.fields[n].db_value(data.get(n)) for n in names]
     database_proxy.execute_sql(sql, [*params, row._pk])
     row._dirty.difference_update(names)
+
+
+@functools.cache
+def _select_sql(model: type[pw.Model], db_id: int) -> str:
+    del db_id
+    meta: Any = model._meta
+    sql, _ = model.select().where(meta.primary_key == 0).sql()
+    return str(sql)
+
+
+def get_row(model: type[M], key: Any) -> M:
+    """``Model.get_by_id`` with the statement built once; raises ``DoesNotExist`` too."""
+    meta: Any = model._meta
+    cursor = database_proxy.execute_sql(_select_sql(model, id(database_proxy.obj)), [key])
+    values = cursor.fetchone()
+    if values is None:
+        raise meta.model.DoesNotExist(f"{model.__name__} {key!r} does not exist")
+    data = {f.name: f.python_value(v) for f, v in zip(meta.sorted_fields, values, strict=True)}
+    row: Any = model(__no_default__=True)
+    row.__data__.update(data)
+    return cast(M, row)
