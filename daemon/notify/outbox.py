@@ -131,17 +131,17 @@ def _last_sources(account: str | None, pids: list[str]) -> dict[str, str]:
     """Per prospect id, its newest Lead Source as ``name, date``."""
     if not account or not pids:
         return {}
-    rows = (
-        LeadSource.select(LeadSource, Prospect.pid)
+    query: Any = (
+        LeadSource.select(Prospect.pid, LeadSource.source, LeadSource.received_at)
         .join(Prospect)
         .where((Prospect.account == account) & Prospect.pid.in_(pids))
         .order_by(LeadSource.received_at.desc())
+        .tuples()  # no model per row: a shared contact can have hundreds of sources
     )
     found: dict[str, str] = {}
-    for row in rows:
-        pid = row.prospect.pid
+    for pid, source, received_at in query:
         if pid not in found:
-            found[pid] = f"{row.source or 'unknown source'}, {row.received_at:%d %b %Y}"
+            found[pid] = f"{source or 'unknown source'}, {received_at:%d %b %Y}"
     return found
 
 
