@@ -1,11 +1,12 @@
 # eleads: `make run` (set up, then run the daemon on the embedded default config.yaml)
-#         `make test` (set up, then ruff + mypy + the whole pytest suite)
+#         `make test` (set up, then ruff + mypy + the whole pytest suite on SQLite, then
+#                      again on a throw-away PostgreSQL cluster: tests/pg.py)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck pytest bench clean
+.PHONY: setup run test lint typecheck pytest test-postgresql bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "eleads needs Python >= 3.11"'
@@ -35,7 +36,12 @@ typecheck: setup
 pytest: setup
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The same suite with every test database on PostgreSQL (skipped without the server
+# binaries, except under CI=true).
+test-postgresql: setup
+	ELEADS_TEST_DATABASE=postgresql $(BIN)/pytest
+
+test: lint typecheck pytest test-postgresql
 
 bench: setup
 	$(BIN)/python benchmarks/smtp_ingest.py

@@ -363,6 +363,50 @@ def outbox(config_file: Path | None, as_json: bool, status: str | None) -> None:
 
 
 @main.group()
+def visits() -> None:
+    """Visit logs and return-lead alerts."""
+
+
+@visits.command("read")
+@config_option
+@json_option
+@guarded
+def visits_read(config_file: Path | None, as_json: bool) -> None:
+    """Run the visit-log job once (what the daemon's scheduler runs)."""
+    from daemon.visits import read_visits
+
+    report = read_visits(settings_for(config_file))
+    if as_json:
+        emit(report)
+        return
+    click.echo(
+        f"read {report['lines']} line(s) from {report['files']} file(s): {report['hits']} hit(s), "
+        f"{report['filtered']} filtered, {report['bad_lines']} unparsable; "
+        f"{len(report['alerts'])} alert(s), {report['queued']} queued"
+    )
+    for alert in report["alerts"]:
+        click.echo(
+            f"  {alert['session_start']}  {alert['visitor_id']}  {alert['elead']}  "
+            f"{', '.join(alert['recipients']) or '(no recipients: recorded only)'}"
+        )
+
+
+@main.command()
+@config_option
+@json_option
+@guarded
+def status(config_file: Path | None, as_json: bool) -> None:
+    """The daemon at a glance (running or stopped): backlog, outbox, spool, IMAP."""
+    from daemon.status import format_status, status_report
+
+    report = status_report(settings_for(config_file))
+    if as_json:
+        emit(report)
+    else:
+        click.echo(format_status(report))
+
+
+@main.group()
 def spool() -> None:
     """Inspect the spool; list and re-queue failed messages."""
 
@@ -411,6 +455,36 @@ def spool_requeue(spool_ids: tuple[str, ...], requeue_all: bool, config_file: Pa
         fail("give spool ids or --all")
     done = requeue_failed(settings_for(config_file), None if requeue_all else list(spool_ids))
     click.echo(f"re-queued {done} message(s)")
+
+
+@main.group("db")
+def db_group() -> None:
+    """The database: copy it to another one (docs/scaling.md)."""
+
+
+@db_group.command("migrate-to")
+@click.argument("url")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@config_option
+@json_option
+@guarded
+def db_migrate_to(url: str, batch_size: int, config_file: Path | None, as_json: bool) -> None:
+    """Copy every table into the empty database at URL (eleads serve must be stopped)."""
+    from daemon.db.migrate_to import TableCopy, migrate_to
+
+    def progress(done: TableCopy) -> None:
+        if not as_json:
+            click.echo(f"  {done.table:20} {done.rows:>10} rows")
+
+    report = migrate_to(settings_for(config_file), url, batch_size=batch_size, progress=progress)
+    if as_json:
+        emit(report.as_json())
+        return
+    click.echo(
+        f"copied {report.rows} rows in {len(report.tables)} tables to {report.target} "
+        f"({report.seconds:.1f}s); row counts verified"
+    )
+    click.echo("to switch: set database.url in config.yaml to it, then start eleads serve")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import os
 import re
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    model_validator,
+)
 
 from daemon.errors import ConfigError
 
@@ -85,6 +94,16 @@ class SMTPSettings(_Model):
     auth: SMTPAuthSettings | None = None
     #: Seconds an idle client may take before the server hangs up.
     timeout: float = Field(default=300.0, gt=0)
+    #: Open connections at most; one more is answered 421 and closed.
+    max_connections: int = Field(default=100, ge=1)
+    #: New connections per client IP per minute (0: no limit); over it: 421 and close.
+    rate_limit_per_ip: int = Field(default=120, ge=0)
+    #: Networks the per-IP limit does not apply to (a Postfix in front on this host).
+    rate_limit_exempt: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")]
+    )
+    #: On stop: seconds in-flight transactions get to finish (new ones are answered 421).
+    drain_timeout: float = Field(default=20.0, ge=0)
 
     @model_validator(mode="after")
     def _auth_needs_tls_or_loopback(self) -> SMTPSettings:
@@ -142,6 +161,8 @@ class SpoolSettings(_Model):
     worker: Literal["process", "thread"] = "process"
     #: CPU priority of the worker process relative to the listeners (0-19).
     worker_nice: int = Field(default=10, ge=0, le=19)
+    #: On stop (and on a config reload): seconds the worker gets to finish its batch.
+    stop_timeout: float = Field(default=30.0, gt=0)
 
 
 class RelaySettings(_Model):
@@ -212,9 +233,16 @@ class AccountSettings(_Model):
         return next((loc for loc in self.locations if loc.key == key), None)
 
 
+def _database_url(url: str | None) -> str | None:
+    if url is not None and not re.match(r"(sqlite|postgres|postgresql)://", url):
+        raise ValueError("use sqlite:///path or postgresql://user:password@host:port/dbname")
+    return url
+
+
 class DatabaseSettings(_Model):
-    #: None: sqlite at <data_dir>/eleads.db.
-    url: str | None = None
+    #: None: sqlite at <data_dir>/eleads.db. Else ``sqlite:///path`` or
+    #: ``postgresql://user:password@host:port/dbname`` (docs/scaling.md).
+    url: Annotated[str | None, AfterValidator(_database_url)] = None
 
 
 class LoggingSettings(_Model):
@@ -229,10 +257,35 @@ class VisitSource(_Model):
 
 
 class VisitSettings(_Model):
+    """The visit-log reader and return-lead alerts (docs/visits.md)."""
+
     enabled: bool = True
     interval_seconds: float = Field(default=60.0, gt=0)
     session_timeout_minutes: float = Field(default=30.0, gt=0)
     sources: list[VisitSource] = Field(default_factory=list)
+    #: No second alert for the same prospect within this many minutes of the last
+    #: alerted visit's start (0: off, every return visit alerts).
+    cooldown_minutes: float = Field(default=0.0, ge=0)
+    #: Extra user-agent regexes counted as bots, besides the crawler-user-agents list.
+    bot_patterns: list[str] = Field(default_factory=list)
+    #: Extra path regexes (matched at the start of the path) that are not page views,
+    #: besides static assets and health checks.
+    ignore_paths: list[str] = Field(default_factory=list)
+    #: At most this many MiB of log are read per file per transaction (a backlog is
+    #: read in several transactions within the same run).
+    batch_mib: float = Field(default=32.0, gt=0)
+    #: Visits of visitors not linked to any lead are deleted this many days after they
+    #: ended (daily; 0: kept forever). Linked visitors' visits are always kept.
+    retention_days: int = Field(default=180, ge=0)
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> VisitSettings:
+        for pattern in (*self.bot_patterns, *self.ignore_paths):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return self
 
 
 class ReplySettings(_Model):
@@ -285,6 +338,15 @@ class MatchSettings(_Model):
         return self
 
 
+class MetricsSettings(_Model):
+    """The Prometheus endpoint (``GET /metrics``); loopback unless you open it on purpose."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    #: 0: any free port (tests).
+    port: int = Field(default=9478, ge=0, le=65535)
+
+
 class Settings(_Model):
     """Everything eleads needs to run; built once by :func:`load_settings`."""
 
@@ -302,6 +364,7 @@ class Settings(_Model):
     visits: VisitSettings = Field(default_factory=VisitSettings)
     matching: MatchSettings = Field(default_factory=MatchSettings)
     replies: ReplySettings = Field(default_factory=ReplySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     accounts: list[AccountSettings] = Field(min_length=1)
     #: Where the settings came from (set by load_settings, not by the file).
     source: Path | None = Field(default=None, exclude=True)

@@ -51,6 +51,7 @@ from daemon.parse import parse_message
 from daemon.parse.model import ParseContext, ParseResult
 from daemon.routing import route_recipient
 from daemon.spool import Envelope, Spool, SpoolEntry
+from daemon.visits.links import index_elead
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +241,18 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - the commit failed: retry them all
                 for item in prepared:
                     results[item.entry.id] = exc
+        accounts = {item.entry.id: item.account_id for item in prepared}
         for entry in entries:
             outcome = results[entry.id]
             if isinstance(outcome, Outcome):
                 self.spool.complete(entry)
                 log.info(
                     "event=message_processed spool_id=%s message_id=%s listener=%s "
-                    "outcome=%s elead=%s detail=%s",
+                    "account=%s outcome=%s elead=%s detail=%s",
                     entry.id,
                     outcome.message_id,
                     entry.envelope.listener,
+                    accounts.get(entry.id),
                     outcome.outcome,
                     outcome.elead,
                     outcome.detail,
@@ -391,6 +394,7 @@ class Pipeline:
             elead=elead,
             detail={"rule": result.rule, "problems": list(result.problems)},
         )
+        index_elead(elead, lead)  # visit logs: link the visitor id / lead email
         if state != "received" or account_id is None:
             # Kept as failed_parse: the Conversion Issue email says what was missing.
             queue_for_elead(

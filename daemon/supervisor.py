@@ -1,7 +1,9 @@
 """Keeps the spool worker process (daemon/worker.py) running and awake.
 
 The worker is restarted with backoff when it dies; on stop, its stdin is closed so it
-finishes its batch and exits, and it is killed only after the timeout.
+finishes its batch and exits, and it is killed only after the timeout. A config reload
+(SIGHUP) replaces it the same way (:meth:`WorkerSupervisor.restart`): the old worker
+finishes its batch, then a new one starts at once and reads the new config.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from daemon.config import ENV_DATA_DIR, Settings
+from daemon.systemd import CHILD_UNSET
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,7 @@ class WorkerSupervisor:
         self.nice = nice
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
+        self._restart_requested = False
         self._committed: list[Callable[[], None]] = []
         self.restarts = 0
 
@@ -41,7 +45,9 @@ class WorkerSupervisor:
         args = [sys.executable, "-m", "daemon.worker", "--nice", str(self.nice)]
         if self.settings.source is not None:
             args += ["--config", str(self.settings.source)]
-        env = {**os.environ, ENV_DATA_DIR: str(self.settings.data_dir)}
+        # Not the service's main process: systemd must not hear from it.
+        env = {k: v for k, v in os.environ.items() if k not in CHILD_UNSET}
+        env[ENV_DATA_DIR] = str(self.settings.data_dir)
         proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
         )
@@ -67,16 +73,34 @@ class WorkerSupervisor:
             await signals
             if self._stopping:
                 break
+            if self._restart_requested:
+                self._restart_requested = False
+                log.info("event=worker_replaced code=%s reason=reload", code)
+                continue
             self.restarts += 1
             log.error("event=worker_died code=%s restart_in=%.0fs", code, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 60.0)
+
+    async def restart(self, settings: Settings, timeout: float = 30.0) -> None:
+        """Replace the worker so it reads ``settings``' file again; returns once the old
+        one has exited (it finishes its batch first; killed after ``timeout``)."""
+        self.settings = settings
+        proc = self._proc
+        if self._stopping or proc is None or proc.returncode is not None:
+            return
+        self._restart_requested = True
+        await self._finish(proc, timeout)
 
     async def stop(self, timeout: float = 30.0) -> None:
         self._stopping = True
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
+        await self._finish(proc, timeout)
+
+    async def _finish(self, proc: asyncio.subprocess.Process, timeout: float) -> None:
+        """Close its stdin (finish the batch, exit); kill it after ``timeout``."""
         if proc.stdin is not None:
             proc.stdin.close()
         try:

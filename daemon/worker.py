@@ -7,9 +7,10 @@ listeners keep accepting at full speed and the worker catches up from the durabl
 
 The parent writes one byte to the worker's stdin whenever new messages are durable (a
 wake-up); end of file on stdin means the parent is gone (or stopping), and the worker
-finishes the batch it holds and exits. SIGTERM does the same. In the other direction the
-worker writes one byte to its stdout after each committed batch, so the parent can wake
-its outbox sender at once instead of polling.
+finishes the batch it holds and exits. SIGTERM does the same; SIGHUP is ignored (on a
+config reload the parent replaces the worker, which then reads the new config.yaml). In
+the other direction the worker writes one byte to its stdout after each committed batch,
+so the parent can wake its outbox sender at once instead of polling.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from daemon.runtime import Runtime, open_runtime
 
 log = logging.getLogger("daemon.worker")
 
-BATCH = 32
+#: Messages per transaction, at most: under a backlog, fewer commits (each an fsync).
+BATCH = 64
 IDLE_WAIT = 5.0
 
 
@@ -67,6 +69,8 @@ def run(config: str | None, *, nice: int) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent; it stops us
+    # A reload is the parent's: it replaces this process after its batch (supervisor.py).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     runtime = open_runtime(settings)
     recovered = runtime.spool.recover_claims()
     log.info("event=worker_started pid=%d nice=%d recovered=%d", os.getpid(), nice, recovered)

@@ -15,6 +15,16 @@ import yaml
 
 from daemon.app import Daemon
 from daemon.config import Settings, load_settings
+from tests.pg import (
+    BACKEND_ENV,
+    PostgresCluster,
+    database_url_for,
+    pg_cluster,
+    selected_backend,
+    stop_cluster,
+)
+
+__all__ = ["pg_cluster"]  # the session fixture, re-exported for pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("ELEADS_CORPUS", REPO.parent / "shared" / "corpus"))
@@ -63,14 +73,56 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default=None,
+        help="database backend of the suite (default: $ELEADS_TEST_DATABASE, else sqlite)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): skipped on a PostgreSQL run")
+    # One answer for fixtures, helpers (tests/pg.py database_url_for) and child processes.
+    os.environ[BACKEND_ENV] = selected_backend(config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_cluster()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if selected_backend(config) != "postgresql":
+        return
+    for item in items:
+        mark = item.get_closest_marker("sqlite_only")
+        if mark is not None:
+            reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "SQLite only")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Path]:
-    """Write a config.yaml (BASE_CONFIG + overrides) with data_dir under tmp_path."""
+def database_url(tmp_path: Path) -> str:
+    """A new migrated database of the selected backend, for tests that open one directly."""
+    return database_url_for(tmp_path)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Path]:
+    """Write a config.yaml (BASE_CONFIG + overrides) with data_dir under tmp_path.
+
+    On a PostgreSQL run (tests/pg.py) the data dir's own database goes in database.url."""
 
     def _make(overrides: dict[str, Any] | None = None, name: str = "config.yaml") -> Path:
         data = deep_merge(BASE_CONFIG, overrides or {})
         data.setdefault("data_dir", str(tmp_path / "var"))
         data.setdefault("rules_dir", str(REPO / "rules"))
+        if selected_backend(request.config) == "postgresql":
+            database = data["database"] = dict(data.get("database") or {})
+            if not database.get("url"):
+                cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+                database["url"] = cluster.database_for(tmp_path / data["data_dir"])
         path = tmp_path / name
         path.write_text(yaml.safe_dump(data))
         return path

@@ -12,6 +12,7 @@ from daemon.db import migrate, open_database
 from daemon.db.migrations import Migration, discover
 
 
+@pytest.mark.sqlite_only(reason="SQLite pragmas")
 def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:
     db = open_database(f"sqlite:///{tmp_path / 'e.db'}")
     assert db.execute_sql("pragma journal_mode").fetchone()[0] == "wal"
@@ -30,8 +31,8 @@ def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:
     db.close()
 
 
-def test_migrations_apply_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = open_database(f"sqlite:///{tmp_path / 'e.db'}")
+def test_migrations_apply_once_in_order(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = open_database(database_url)
     newest = discover()[-1].version
     applied: list[int] = []
 
@@ -49,8 +50,8 @@ def test_migrations_apply_once_in_order(tmp_path: Path, monkeypatch: pytest.Monk
     db.close()
 
 
-def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = open_database(f"sqlite:///{tmp_path / 'e.db'}")
+def test_failed_migration_rolls_back(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = open_database(database_url)
     newest = discover()[-1].version
 
     def broken(database: pw.Database, migrator: object) -> None:
@@ -70,6 +71,7 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
     db.close()
 
 
+@pytest.mark.sqlite_only(reason="rebuilds SQLite tables; tests/test_db_postgres.py has PG's")
 def test_version_1_database_is_upgraded(tmp_path: Path) -> None:
     """A database made by the first release (no blocking keys, no counters) migrates."""
     path = tmp_path / "e.db"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import peewee as pw
 import pytest
 
 from daemon.db import open_database
-from daemon.db.fast import create_row, get_row, update_row
+from daemon.db.fast import create_row, get_row, insert_rows, update_row, update_rows
 from daemon.db.models import Account, ELead, InboundMessage, Prospect
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[pw.Database]:
-    database = open_database(f"sqlite:///{tmp_path / 'fast.db'}")
+def db(database_url: str) -> Iterator[pw.Database]:
+    database = open_database(database_url)
     Account.create(id="demo")
     yield database
     database.close()
@@ -85,3 +84,17 @@ def test_get_row_equals_get_by_id(db: pw.Database) -> None:
     assert Prospect.get_by_id(prospect.id).city == "Columbus"
     with pytest.raises(pw.DoesNotExist):
         get_row(Prospect, 999)
+
+
+def test_insert_rows_and_update_rows_in_any_column_order(db: pw.Database) -> None:
+    insert_rows(Prospect, ("pid", "account", "city"), [("P1", "demo", "Ada"), ("P2", "demo", "Bo")])
+    rows = {p.pid: p for p in Prospect.select()}
+    assert (rows["P1"].city, rows["P2"].city) == ("Ada", "Bo")
+    # Names not in declaration order: each value must still land in its own column.
+    update_rows(
+        Prospect,
+        ("city", "first_name", "conflicting_leads"),
+        [(rows["P1"].id, ("Columbus", "Ann", 2)), (rows["P2"].id, ("Dayton", "Bob", 0))],
+    )
+    got = {p.pid: (p.city, p.first_name, p.conflicting_leads) for p in Prospect.select()}
+    assert got == {"P1": ("Columbus", "Ann", 2), "P2": ("Dayton", "Bob", 0)}

@@ -356,6 +356,7 @@ def test_uidvalidity_change_loses_nothing_and_duplicates_nothing(
     from daemon.db.models import ELead, InboundMessage
     from daemon.pipeline import Pipeline
     from daemon.runtime import sync_accounts
+    from tests.pg import database_url_for
 
     corpus = sorted(CORPUS.glob("*.eml"))[:4]
     if len(corpus) < 4:
@@ -363,7 +364,7 @@ def test_uidvalidity_change_loses_nothing_and_duplicates_nothing(
     settings = parse_settings(
         {"data_dir": str(tmp_path), "accounts": [{"id": "demo"}]}, source=tmp_path / "config.yaml"
     )
-    db = open_database(settings.database_url)
+    db = open_database(database_url_for(tmp_path))
     sync_accounts(settings)
     pipeline = Pipeline(settings=settings, spool=spool)
     factory = None if keyword else NoKeywordClient

@@ -23,6 +23,7 @@ from daemon.db.models import Account, Prospect
 from daemon.match import Decision, match_lead
 from daemon.prospects import create_prospect, fill_empty_fields, refresh_keys
 from daemon.prospects_import import import_prospects
+from tests.pg import database_url_for
 
 CORPUS = Path(
     os.environ.get(
@@ -76,7 +77,7 @@ def check(case: dict[str, Any], decision: Decision) -> None:
 def imported(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A fresh database with account "demo" and the given prospects.csv imported."""
     csv_path: Path = request.param() if callable(request.param) else request.param
-    db = open_database(f"sqlite:///{tmp_path}/e.db")
+    db = open_database(database_url_for(tmp_path))
     Account.create(id="demo")
     report = import_prospects(csv_path, account="demo", default_region="US")
     assert report.imported > 0, report.problems

@@ -24,6 +24,7 @@ from daemon.config import RelaySettings, Settings, parse_settings
 from daemon.db import open_database
 from daemon.db.models import Account, ELead, InboundMessage
 from daemon.notify.transport import SendResult
+from tests.pg import database_url_for
 
 NOW = datetime(2026, 11, 17, 12, 46, 2)
 XSS_SCRIPT = "<script>alert(1)</script>"
@@ -124,7 +125,7 @@ def make_settings(tmp_path: Path, **outbound: Any) -> Settings:
 
 
 def open_db(tmp_path: Path) -> pw.Database:
-    db = open_database(f"sqlite:///{tmp_path / 'eleads.db'}")
+    db = open_database(database_url_for(tmp_path))
     for account in ("demo", "quiet"):
         Account.get_or_create(id=account)
     return db

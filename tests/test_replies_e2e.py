@@ -23,7 +23,6 @@ import os
 import re
 import signal
 import smtplib
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -55,6 +54,7 @@ from daemon.prospects_import import import_prospects
 from daemon.runtime import open_runtime
 
 from .conftest import BASE_CONFIG, DaemonThread, free_port
+from .pg import query
 
 CORPUS = Path(
     os.environ.get(
@@ -772,16 +772,14 @@ class ChildDaemon:
         return cast(list[dict[str, Any]], json.loads(done.stdout))
 
     def inbound(self, spool_id: str) -> tuple[str, str] | None:
-        with sqlite3.connect(f"file:{self.data_dir / 'eleads.db'}?mode=ro", uri=True) as conn:
-            row = conn.execute(
-                "SELECT kind, outcome FROM inbound_message WHERE spool_id = ?", (spool_id,)
-            ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+        url = load_settings(self.config).database_url
+        sql = "SELECT kind, outcome FROM inbound_message WHERE spool_id = ?"
+        rows = query(url, sql, (spool_id,))
+        return None if not rows else (str(rows[0][0]), str(rows[0][1]))
 
     def queued(self) -> int:
-        with sqlite3.connect(f"file:{self.data_dir / 'eleads.db'}?mode=ro", uri=True) as conn:
-            row = conn.execute("SELECT COUNT(*) FROM notification WHERE status = 'queued'")
-            return int(row.fetchone()[0])
+        url = load_settings(self.config).database_url
+        return int(query(url, "SELECT COUNT(*) FROM notification WHERE status = 'queued'")[0][0])
 
     def deliver(self, raw: bytes, *, rcpt: str, sender: str) -> tuple[str, str]:
         spool_id = smtp_send(self.port, raw, rcpt=rcpt, sender=sender)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.config import load_settings
 from daemon.db import open_database
 from daemon.db.models import InboundMessage
 
@@ -76,7 +77,7 @@ def test_sigkill_mid_run_then_restart_loses_nothing(make_config: Any, tmp_path: 
     proc = start_serve(config, port, log)
     try:
         data_dir = tmp_path / "var"
-        db = open_database(f"sqlite:///{data_dir / 'eleads.db'}")
+        db = open_database(load_settings(config).database_url)
 
         def drained() -> bool:
             spool = data_dir / "spool"

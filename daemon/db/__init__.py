@@ -1,16 +1,29 @@
 """Database: connection set-up, schema migrations, and the single DB thread.
 
-SQLite (the embedded default) runs in WAL mode with synchronous=FULL, so a commit is on
-disk when it returns. All database work of the asyncio daemon goes through
-:class:`daemon.db.thread.DBThread`; the CLI calls the same service functions directly.
+Two backends, the same models and the same numbered migrations on both:
+
+* SQLite (the embedded default) runs in WAL mode with synchronous=FULL, so a commit is on
+  disk when it returns. One writer at a time: :func:`write_transaction` takes the write
+  lock up front (``BEGIN IMMEDIATE``), which serialises every writer of the database.
+* PostgreSQL (``postgresql://user:pass@host:port/dbname``, psycopg 3) for bigger
+  installations. Transactions are plain ``BEGIN`` at READ COMMITTED; writers are
+  serialised by row locks (an UPDATE of the same row waits for the other's commit), by
+  unique constraints, and where a read decides a write (is there a prospect for this
+  person yet?) by :func:`lock_account`, a per-account advisory lock held to the commit.
+
+All database work of the asyncio daemon goes through :class:`daemon.db.thread.DBThread`;
+the CLI calls the same service functions directly. Connections are per thread (peewee's
+default) and never cross a fork: the spool worker is a fresh interpreter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
 
 import peewee as pw
 from playhouse.migrate import SchemaMigrator
@@ -40,6 +53,33 @@ class SchemaMigration(pw.Model):
         table_name = "schema_migrations"
 
 
+#: Seconds to wait for a PostgreSQL server to accept a connection.
+PG_CONNECT_TIMEOUT = 10
+#: First key of the two-key advisory locks (``"eL"``), so that ours cannot collide with
+#: another application's locks in a shared database; the second key says what is locked.
+ADVISORY_NAMESPACE = 0x654C0000
+ADVISORY_ACCOUNT = ADVISORY_NAMESPACE + 1
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def is_postgresql(db: pw.Database | None = None) -> bool:
+    """Whether ``db`` (default: the database the models are bound to) is PostgreSQL."""
+    return isinstance(database_proxy.obj if db is None else db, pw.PostgresqlDatabase)
+
+
+def is_sqlite(db: pw.Database | None = None) -> bool:
+    return isinstance(database_proxy.obj if db is None else db, pw.SqliteDatabase)
+
+
 def make_database(url: str) -> pw.Database:
     """Build (not connect) the peewee database for a ``sqlite:///`` or ``postgresql://`` URL."""
     parsed = urlparse(url)
@@ -49,18 +89,96 @@ def make_database(url: str) -> pw.Database:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return pw.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False)
     if parsed.scheme in ("postgres", "postgresql"):
-        raise ConfigError(f"database.url: PostgreSQL is not supported yet: {parsed.scheme}")
-    raise ConfigError(f"database.url: unsupported scheme {parsed.scheme!r}")
+        return _make_postgresql(url)
+    raise ConfigError(
+        f"database.url: unsupported scheme {parsed.scheme!r} (use sqlite:/// or postgresql://)"
+    )
+
+
+def _make_postgresql(url: str) -> pw.Database:
+    try:
+        import psycopg  # noqa: F401 - only to say clearly when it is missing
+    except ImportError:
+        raise ConfigError(
+            "database.url: PostgreSQL needs the psycopg package: pip install 'psycopg[binary]'"
+        ) from None
+    parts = urlsplit(url)
+    if not parts.path.strip("/"):
+        raise ConfigError(f"database.url: no database name in {redact_url(url)}")
+    # psycopg takes the URL as its conninfo (query parameters such as ?sslmode=require too).
+    conninfo = urlunsplit(parts._replace(scheme="postgresql"))
+    db: pw.Database = _postgresql_class()(
+        conninfo, connect_timeout=PG_CONNECT_TIMEOUT, application_name="eleads"
+    )
+    return db
+
+
+@functools.cache
+def _postgresql_class() -> type[pw.Database]:
+    """psycopg 3 through peewee, reconnecting a connection the server has dropped."""
+    try:
+        from playhouse.postgres_ext import Psycopg3Database  # peewee >= 3.18
+    except ImportError:  # pragma: no cover - peewee 3.17
+        from playhouse.psycopg3_ext import Psycopg3Database
+
+    class PostgresqlDatabase(Psycopg3Database):  # type: ignore[misc]
+        """A connection lost with a server restart or failover fails the statement that
+        found it out (the caller retries, as for any transient error); the next one,
+        outside a transaction, gets a new connection instead of the same error forever.
+        Nothing is re-run here, so no statement can be applied twice."""
+
+        def _revive(self) -> None:
+            if (
+                self.transaction_depth() == 0
+                and not self.is_closed()
+                and not self.is_connection_usable()
+            ):
+                log.warning("event=db_reconnect reason=connection_lost")
+                with contextlib.suppress(Exception):
+                    self.close()
+                self.connect()
+
+        def begin(self, *args: Any, **kwargs: Any) -> Any:
+            self._revive()
+            return super().begin(*args, **kwargs)
+
+        def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+            self._revive()
+            return super().execute_sql(sql, params, *args, **kwargs)
+
+    return PostgresqlDatabase
 
 
 def write_transaction() -> Any:
-    """A transaction that will write: on SQLite, take the write lock up front (BEGIN
-    IMMEDIATE). A deferred transaction that reads first cannot wait for the lock when it
-    later writes ("database is locked" at once, busy_timeout or not). Nested in another
+    """A transaction that will write.
+
+    On SQLite it takes the write lock up front (BEGIN IMMEDIATE): a deferred transaction
+    that reads first cannot wait for the lock when it later writes ("database is locked"
+    at once, busy_timeout or not). On PostgreSQL it is a plain transaction; a writer whose
+    decision depends on what it read takes :func:`lock_account` first. Nested in another
     transaction it is a savepoint, as ``atomic()`` is."""
     if isinstance(database_proxy.obj, pw.SqliteDatabase):
         return database_proxy.atomic("IMMEDIATE")
     return database_proxy.atomic()
+
+
+def lock_account(account_id: str) -> None:
+    """Serialise the writers of one account until the current transaction ends.
+
+    For a read that decides a write: "no prospect matches this lead, so create one" must
+    not run in two transactions at once for the same account, or both create the person.
+    On PostgreSQL this is ``pg_advisory_xact_lock`` on the account (released at commit or
+    rollback; other accounts go on in parallel). On SQLite it does nothing: a
+    :func:`write_transaction` already holds the database's only write lock.
+    """
+    if not isinstance(database_proxy.obj, pw.PostgresqlDatabase):
+        return
+    if not database_proxy.in_transaction():
+        raise RuntimeError("lock_account() outside a transaction would not hold the lock")
+    database_proxy.execute_sql(
+        "SELECT pg_advisory_xact_lock(CAST(%s AS integer), hashtext(%s))",
+        (ADVISORY_ACCOUNT, account_id),
+    )
 
 
 def migrate(db: pw.Database) -> int:
@@ -93,6 +211,10 @@ def open_database(url: str) -> pw.Database:
     try:
         db.connect(reuse_if_open=True)
         migrate(db)
-    except pw.OperationalError as exc:
-        raise ConfigError(f"database {url}: {exc}") from None
+    except (pw.OperationalError, pw.ProgrammingError) as exc:
+        # Unreachable server, wrong password, no such database, no right to create tables.
+        with contextlib.suppress(pw.PeeweeException):
+            db.close()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"database {redact_url(url)}: {detail}") from None
     return db

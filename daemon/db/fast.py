@@ -1,4 +1,4 @@
-"""Row inserts for the spool worker's hot path, without peewee's per-call SQL building.
+"""Row writes for hot paths, without peewee's per-call SQL building.
 
 ``Model.create`` rebuilds and re-renders its INSERT statement on every call; in the
 worker that was a fifth of the time per message. :func:`create_row` renders the
@@ -10,6 +10,7 @@ It returns the same saved instance ``Model.create`` would.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import peewee as pw
@@ -20,17 +21,17 @@ M = TypeVar("M", bound=pw.Model)
 
 
 @functools.cache
-def _insert_sql(model: type[pw.Model], names: tuple[str, ...], db_id: int) -> tuple[str, bool]:
-    """The INSERT for ``names`` on the bound database, and whether it returns the key."""
+def _insert_sql(
+    model: type[pw.Model], names: tuple[str, ...], db_id: int, *, returning: bool = False
+) -> str:
+    """The INSERT for ``names`` (in that order) on the bound database."""
     del db_id  # part of the cache key only: a test may bind another database
-    db = database_proxy.obj
     fields = [model._meta.fields[name] for name in names]
     query = model.insert_many([tuple(None for _ in names)], fields=fields)
-    returning = bool(db.returning_clause)
     if returning:
         query = query.returning(model._meta.primary_key)
     sql, _ = query.sql()
-    return str(sql), returning
+    return str(sql)
 
 
 def create_row(model: type[M], **values: Any) -> M:
@@ -40,7 +41,8 @@ def create_row(model: type[M], **values: Any) -> M:
     pk_name = str(meta.primary_key.name)
     data = row.__data__
     names = tuple(n for n in data if n in meta.fields and not (n == pk_name and data[n] is None))
-    sql, returning = _insert_sql(model, names, id(database_proxy.obj))
+    returning = bool(database_proxy.obj.returning_clause)  # PostgreSQL: RETURNING id
+    sql = _insert_sql(model, names, id(database_proxy.obj), returning=returning)
     params = [meta.fields[n].db_value(data[n]) for n in names]
     cursor = database_proxy.execute_sql(sql, params)
     if data.get(pk_name) is None:
@@ -95,3 +97,44 @@ def get_row(model: type[M], key: Any) -> M:
     row: Any = model(__no_default__=True)
     row.__data__.update(data)
     return cast(M, row)
+
+
+def insert_rows(model: type[pw.Model], names: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """INSERT ``rows`` (values in the order of ``names``) with one ``executemany``.
+
+    Fields left out get their model defaults, per row, as ``Model.create`` would.
+    """
+    meta: Any = model._meta
+    missing = [(f, d) for f, d in meta.defaults.items() if f.name not in names]
+    fields = [meta.fields[name] for name in names] + [f for f, _ in missing]
+    params = [
+        tuple(
+            f.db_value(v)
+            for f, v in zip(
+                fields, (*row, *(d() if callable(d) else d for _, d in missing)), strict=True
+            )
+        )
+        for row in rows
+    ]
+    if params:
+        sql = _insert_sql(model, tuple(f.name for f in fields), id(database_proxy.obj))
+        database_proxy.cursor().executemany(sql, params)
+
+
+def update_rows(
+    model: type[pw.Model], names: Sequence[str], rows: Iterable[tuple[Any, Sequence[Any]]]
+) -> None:
+    """UPDATE by primary key with one ``executemany``: ``rows`` are ``(key, values)``,
+    the values in the order of ``names``."""
+    meta: Any = model._meta
+    rank = {name: i for i, name in enumerate(meta.sorted_field_names)}
+    order = sorted(range(len(names)), key=lambda i: rank[names[i]])  # peewee's SET order
+    ordered = tuple(names[i] for i in order)
+    fields = [meta.fields[name] for name in ordered]
+    params = [
+        (*(f.db_value(values[i]) for f, i in zip(fields, order, strict=True)), key)
+        for key, values in rows
+    ]
+    if params:
+        sql = _update_sql(model, ordered, id(database_proxy.obj))
+        database_proxy.cursor().executemany(sql, params)

@@ -237,3 +237,126 @@ MODELS: tuple[type[BaseModel], ...] = (
     AuditEvent,
     ReplyToken,
 )
+
+
+# --- visit logs and return-lead alerts (daemon/visits/) ------------------------------
+# Accounts are plain ids here, not foreign keys: the visit job reloads config.yaml each
+# run, so an account added there must not need a restart to have its rows accepted.
+
+
+class VisitCursor(BaseModel):
+    """How far one log file was read. The file is known by the fingerprint of its first
+    line (it survives rename, gzip and copytruncate); device+inode spot a file that was
+    truncated or replaced under the same name."""
+
+    id = pw.AutoField()
+    source = pw.CharField(max_length=255)
+    fingerprint = pw.CharField(max_length=64)
+    path = pw.TextField()
+    device = pw.BigIntegerField(default=0)
+    inode = pw.BigIntegerField(default=0)
+    #: Size of the file at the last read (a gzip file of the same size is done).
+    size = pw.BigIntegerField(default=0)
+    mtime_ns = pw.BigIntegerField(default=0)
+    offset = pw.BigIntegerField(default=0)
+    lines = pw.BigIntegerField(default=0)
+    seen_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source", "fingerprint"), True),)
+
+
+class LeadEmail(BaseModel):
+    """Lead email -> eLead, so form_submit events link without scanning eLead JSON."""
+
+    elead_id: int
+
+    account = pw.CharField(max_length=64)
+    email = pw.CharField()
+    elead = pw.ForeignKeyField(ELead, on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("account", "email", "elead"), True),)
+
+
+class VisitorLink(BaseModel):
+    """A website visitor id known to belong to an eLead (and so to its Prospect)."""
+
+    id = pw.AutoField()
+    elead_id: int
+    account = pw.CharField(max_length=64)
+    visitor_id = pw.CharField(max_length=128)
+    elead = pw.ForeignKeyField(ELead, backref="visitor_links", on_delete="CASCADE")
+    via = pw.CharField(max_length=16)  # lead_field | form_submit
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("account", "visitor_id", "elead"), True),)
+
+
+class VisitForm(BaseModel):
+    """A form_submit event of a visitor: links by email, and names a location."""
+
+    account = pw.CharField(max_length=64)
+    visitor_id = pw.CharField(max_length=128, index=True)
+    email = pw.CharField(null=True, index=True)
+    location = pw.CharField(max_length=64, null=True)
+    at = pw.DateTimeField()
+
+
+class VisitSession(BaseModel):
+    """One visit: hits of a visitor with no gap longer than the session timeout.
+
+    ``hits`` is ``[[epoch seconds, page or null], ...]`` in time order (null: activity that
+    is not a page view, e.g. a POST or form_submit); kept so that a later line can extend
+    or merge the session exactly.
+    """
+
+    id = pw.AutoField()
+    account = pw.CharField(max_length=64)
+    visitor_id = pw.CharField(max_length=128)
+    start_at = pw.DateTimeField()
+    end_at = pw.DateTimeField(index=True)
+    hits = JSONField(default=list)
+    pages = pw.IntegerField(default=0)
+    referrer = pw.TextField(null=True)
+    user_agent = pw.TextField(null=True)
+    log = pw.TextField(null=True)
+    #: null: not decided; "alerted", "cooldown", or "none" (not a return visit).
+    alert_state = pw.CharField(max_length=16, null=True)
+
+    class Meta:
+        indexes = ((("account", "visitor_id", "start_at"), False),)
+
+
+class ReturnAlert(BaseModel):
+    """One return-lead alert (one per session), emailed or only recorded."""
+
+    id = pw.AutoField()
+    elead_id: int | None
+    notification_id: int | None
+    session_id: int | None
+
+    account = pw.CharField(max_length=64)
+    visitor_id = pw.CharField(max_length=128)
+    session = pw.ForeignKeyField(VisitSession, null=True, on_delete="SET NULL")
+    session_start = pw.DateTimeField()
+    elead = pw.ForeignKeyField(ELead, null=True, on_delete="SET NULL")
+    prospect = pw.CharField(max_length=64, null=True)
+    email = pw.CharField(null=True)
+    locations = JSONField(default=list)
+    recipients = JSONField(default=list)
+    notification = pw.ForeignKeyField(Notification, null=True, on_delete="SET NULL")
+    log = pw.TextField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+VISIT_MODELS: tuple[type[BaseModel], ...] = (
+    VisitCursor,
+    LeadEmail,
+    VisitorLink,
+    VisitForm,
+    VisitSession,
+    ReturnAlert,
+)
+MODELS = (*MODELS, *VISIT_MODELS)

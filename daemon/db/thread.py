@@ -2,7 +2,9 @@
 
 SQLite wants one writer, and peewee keeps a connection per thread; running every DB
 call on one dedicated thread gives both, and ``await db_thread.run(fn, ...)`` keeps the
-event loop free while a commit waits for fsync.
+event loop free while a commit waits for fsync. On PostgreSQL the thread holds the
+daemon's one connection (the spool worker process has its own); a connection the server
+dropped is replaced on the next call (daemon.db).
 """
 
 from __future__ import annotations

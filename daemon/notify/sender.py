@@ -30,10 +30,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import peewee as pw
-
 from daemon.config import Settings
-from daemon.db.models import Notification, database_proxy, utcnow
+from daemon.db import write_transaction
+from daemon.db.models import Notification, utcnow
 from daemon.db.thread import DBThread
 from daemon.errors import PermanentError, TransientError
 from daemon.notify.render import Outgoing, Renderer, build_message, templates_dir_for
@@ -46,16 +45,14 @@ log = logging.getLogger(__name__)
 
 
 def _write_transaction() -> Any:
-    """``BEGIN IMMEDIATE`` on SQLite, a plain transaction elsewhere.
+    """:func:`daemon.db.write_transaction`: ``BEGIN IMMEDIATE`` on SQLite.
 
     The spool worker (another process) writes the same database. A SQLite transaction
     that reads first and writes later gets "database is locked" at once, without the
     busy wait, when another connection committed in between; holding the write lock
     from the start makes it wait its turn instead.
     """
-    if isinstance(database_proxy.obj, pw.SqliteDatabase):
-        return database_proxy.atomic("IMMEDIATE")
-    return database_proxy.atomic()
+    return write_transaction()
 
 
 def claim_due(*, now: datetime, limit: int, lease: timedelta) -> list[Outgoing]:
@@ -196,6 +193,28 @@ class OutboxSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._last_claim_full = False
+        self._retired: list[Transport] = []
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Config reload: the next claim uses ``settings``; a changed relay or templates
+        folder gets a new transport or renderer (the old transport is closed between
+        batches, so a send in progress finishes on it)."""
+        old, self.settings = self.settings, settings
+        if settings.outbound.relay != old.outbound.relay:
+            self._retired.append(self.transport)
+            self.transport = make_transport(settings)
+            relay = settings.outbound.relay
+            self.lease = timedelta(seconds=3 * (relay.timeout if relay else 10.0) + 30)
+        if templates_dir_for(settings) != templates_dir_for(old):
+            self.renderer = Renderer(templates_dir_for(settings))
+        self.wake()
+
+    async def _close_retired(self) -> None:
+        while self._retired:
+            closer = getattr(self._retired.pop(), "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
 
     def wake(self) -> None:
         """Look for due notifications now; callable from any thread."""
@@ -219,6 +238,7 @@ class OutboxSender:
         try:
             while not self._stopping:
                 self._wakeup.clear()
+                await self._close_retired()
                 try:
                     await self.send_due()
                     if self._last_claim_full:
@@ -230,6 +250,7 @@ class OutboxSender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
         finally:
+            await self._close_retired()
             closer = getattr(self.transport, "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):
