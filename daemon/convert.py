@@ -16,7 +16,7 @@ from typing import Any
 
 import peewee as pw
 
-from daemon.db import write_transaction
+from daemon.db import lock_account, write_transaction
 from daemon.db.fast import create_row, get_row, update_row
 from daemon.db.models import AuditEvent, ELead, LeadSource, Prospect, database_proxy, utcnow
 from daemon.errors import CommandError, UsageError
@@ -148,8 +148,13 @@ def convert_manual(
         raise UsageError("give exactly one of --use PROSPECT_ID or --new")
     with write_transaction():
         elead = _open_elead(elead_id)
-        lead = dict((elead.parse or {}).get("lead") or {})
         assert elead.account_id is not None
+        # PostgreSQL: one decision at a time per account (no second prospect made for
+        # the same person beside us), then the eLead read again under that lock.
+        lock_account(elead.account_id)
+        elead = _open_elead(elead_id)
+        assert elead.account_id is not None
+        lead = dict((elead.parse or {}).get("lead") or {})
         if use is not None:
             prospect = Prospect.get_or_none(
                 (Prospect.account == elead.account_id) & (pw.fn.UPPER(Prospect.pid) == use.upper())

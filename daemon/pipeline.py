@@ -35,7 +35,7 @@ import peewee as pw
 from daemon.commands.handle import ReplyHandler
 from daemon.config import Settings
 from daemon.convert import apply_decision
-from daemon.db import write_transaction
+from daemon.db import lock_account, write_transaction
 from daemon.db.fast import create_row, update_row
 from daemon.db.models import (
     AuditEvent,
@@ -405,6 +405,7 @@ class Pipeline:
             )
         # Reads see earlier messages of the same batch: two leads for one new person in
         # one batch give one prospect, not two.
+        lock_account(account_id)  # PostgreSQL: no concurrent "no match, create" per account
         decision = match_lead(lead, account=account_id, settings=self.settings.matching)
         conversion = apply_decision(elead, lead, decision, actor=actor)
         queue_for_elead(
