@@ -335,8 +335,9 @@ class Pipeline:
             spool_id=entry.id,
             message_id=result.message_id,
             listener=envelope.listener,
-            mail_from=envelope.mail_from,
-            rcpt_tos=list(envelope.rcpt_tos),
+            # PostgreSQL text refuses NUL; the envelope is the one part decode never saw.
+            mail_from=envelope.mail_from and envelope.mail_from.replace("\x00", ""),
+            rcpt_tos=[r.replace("\x00", "") for r in envelope.rcpt_tos],
             account=account,
             raw_path=str(item.raw_path),
             size=item.size,

@@ -16,7 +16,7 @@ import pytest
 
 from daemon import convert
 from daemon.config import load_settings
-from daemon.db.models import AuditEvent, ELead, LeadSource, Prospect
+from daemon.db.models import AuditEvent, ELead, InboundMessage, LeadSource, Prospect
 from daemon.runner import process_or_defer
 from daemon.runtime import open_runtime
 from daemon.spool import Envelope
@@ -297,3 +297,19 @@ def test_retry_after_a_crash_past_the_commit_reports_the_real_outcome(
     assert (again.outcome, again.elead, again.prospect) == ("created", first.elead, first.prospect)
     assert Prospect.select().count() == 1 and LeadSource.select().count() == 1
     runtime.close()
+
+
+def test_envelope_with_nul_bytes_is_stored(setup: tuple[Path, Path]) -> None:
+    """PostgreSQL text refuses NUL: an envelope carrying one must not fail the message."""
+    config, _ = setup
+    runtime = open_runtime(load_settings(config))
+    envelope = Envelope(
+        listener="smtp", mail_from="forms\x00@site.example", rcpt_tos=("leads\x00@demo.example",)
+    )
+    entry = runtime.spool.put_sync(
+        lead(30, first="Ines", last="Duarte", email="ines@example.org"), envelope
+    )
+    outcome = process_or_defer(runtime.pipeline, runtime.spool, runtime.spool.claim(entry.id))
+    assert outcome.outcome == "created", outcome
+    stored = InboundMessage.get(InboundMessage.spool_id == entry.id)
+    assert (stored.mail_from, stored.rcpt_tos) == ("forms@site.example", ["leads@demo.example"])
