@@ -98,3 +98,13 @@ def test_insert_rows_and_update_rows_in_any_column_order(db: pw.Database) -> Non
     )
     got = {p.pid: (p.city, p.first_name, p.conflicting_leads) for p in Prospect.select()}
     assert got == {"P1": ("Columbus", "Ann", 2), "P2": ("Dayton", "Bob", 0)}
+
+
+def test_char_fields_are_cut_to_their_length_on_every_database(db: pw.Database) -> None:
+    """PostgreSQL refuses an over-long VARCHAR (SQLite keeps it): both store it cut."""
+    message = _message(create_row, "k1")
+    elead = create_row(ELead, account="demo", message=message, location="north-" + "x" * 200)
+    prospect = Prospect.create(account="demo", pid="P1", postal_code="4" * 80)
+    assert ELead.get_by_id(elead.id).location == ("north-" + "x" * 200)[:64]
+    assert Prospect.get_by_id(prospect.id).postal_code == "4" * 32
+    assert Prospect.get_or_none(Prospect.postal_code == "4" * 80) is not None  # same cut

@@ -49,6 +49,21 @@ class JSONField(pw.TextField):
         return None if value is None else json.loads(value)
 
 
+class CharField(pw.CharField):
+    """A VARCHAR whose values are cut to its length when written.
+
+    SQLite ignores the length and PostgreSQL refuses a longer value, which would fail a
+    whole message on one database only; a display string cut short is the lesser harm
+    (identifiers that must not be cut, like prospect ids, are validated before this).
+    """
+
+    def db_value(self, value: Any) -> Any:
+        value = super().db_value(value)  # type: ignore[no-untyped-call]
+        if isinstance(value, str) and self.max_length and len(value) > self.max_length:
+            return value[: self.max_length]
+        return value
+
+
 class BaseModel(pw.Model):
     class Meta:
         database = database_proxy
@@ -56,9 +71,9 @@ class BaseModel(pw.Model):
 
 
 class Account(BaseModel):
-    id = pw.CharField(primary_key=True, max_length=64)
-    name = pw.CharField(null=True)
-    country = pw.CharField(max_length=2, default="US")
+    id = CharField(primary_key=True, max_length=64)
+    name = CharField(null=True)
+    country = CharField(max_length=2, default="US")
     #: Highest N of the account's "P<N>" prospect ids handed out or imported.
     prospect_seq = pw.IntegerField(default=0)
     created_at = pw.DateTimeField(default=utcnow)
@@ -66,8 +81,8 @@ class Account(BaseModel):
 
 class Location(BaseModel):
     account = pw.ForeignKeyField(Account, backref="locations", on_delete="CASCADE")
-    key = pw.CharField(max_length=64)
-    name = pw.CharField(null=True)
+    key = CharField(max_length=64)
+    name = CharField(null=True)
 
     class Meta:
         indexes = ((("account", "key"), True),)
@@ -79,17 +94,17 @@ class InboundMessage(BaseModel):
     id = pw.AutoField()
     eleads: pw.ModelSelect  # backref
 
-    dedupe_key = pw.CharField(max_length=64, unique=True)
-    spool_id = pw.CharField(max_length=64)
+    dedupe_key = CharField(max_length=64, unique=True)
+    spool_id = CharField(max_length=64)
     message_id = pw.TextField(null=True, index=True)
-    listener = pw.CharField(max_length=64)
+    listener = CharField(max_length=64)
     mail_from = pw.TextField(null=True)
     rcpt_tos = JSONField(default=list)
     account = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL")
     raw_path = pw.TextField()
     size = pw.IntegerField(default=0)
-    kind = pw.CharField(max_length=16, default="unknown")
-    outcome = pw.CharField(max_length=16)
+    kind = CharField(max_length=16, default="unknown")
+    outcome = CharField(max_length=16)
     detail = pw.TextField(null=True)
     received_at = pw.DateTimeField(default=utcnow)
     processed_at = pw.DateTimeField(default=utcnow)
@@ -98,17 +113,17 @@ class InboundMessage(BaseModel):
 class Prospect(BaseModel):
     id = pw.AutoField()
     account = pw.ForeignKeyField(Account, backref="prospects", on_delete="CASCADE")
-    pid = pw.CharField(max_length=64)
-    first_name = pw.CharField(null=True)
-    last_name = pw.CharField(null=True)
-    email = pw.CharField(null=True, index=True)
-    phone = pw.CharField(max_length=32, null=True, index=True)
-    phone_alt = pw.CharField(max_length=32, null=True)
-    street = pw.CharField(null=True)
-    city = pw.CharField(null=True)
-    region = pw.CharField(null=True)
-    postal_code = pw.CharField(max_length=32, null=True)
-    country = pw.CharField(max_length=2, null=True)
+    pid = CharField(max_length=64)
+    first_name = CharField(null=True)
+    last_name = CharField(null=True)
+    email = CharField(null=True, index=True)
+    phone = CharField(max_length=32, null=True, index=True)
+    phone_alt = CharField(max_length=32, null=True)
+    street = CharField(null=True)
+    city = CharField(null=True)
+    region = CharField(null=True)
+    postal_code = CharField(max_length=32, null=True)
+    country = CharField(max_length=2, null=True)
     #: Leads that shared an email/phone with this prospect under another name (the
     #: "canvasser typed their own email" pattern); shown as a warning by `eleads show`.
     conflicting_leads = pw.IntegerField(default=0)
@@ -126,7 +141,7 @@ class ProspectKey(BaseModel):
     # each extra index costs a random insert per key row on import.
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", index=False)
     prospect = pw.ForeignKeyField(Prospect, backref="keys", on_delete="CASCADE", index=False)
-    key = pw.CharField(max_length=255)
+    key = CharField(max_length=255)
 
     class Meta:
         indexes = ((("account", "key"), False), (("prospect", "key"), True))
@@ -145,9 +160,9 @@ class ELead(BaseModel):
         InboundMessage, backref="eleads", on_delete="CASCADE", column_name="inbound_id"
     )
     message_id = pw.TextField(null=True)
-    location = pw.CharField(max_length=64, null=True)
-    state = pw.CharField(max_length=16, default="received", index=True)
-    rule = pw.CharField(null=True)
+    location = CharField(max_length=64, null=True)
+    state = CharField(max_length=16, default="received", index=True)
+    rule = CharField(null=True)
     parse = JSONField(null=True)
     problems = JSONField(default=list)
     candidates = JSONField(default=list)
@@ -165,11 +180,11 @@ class LeadSource(BaseModel):
     id = pw.AutoField()
     prospect = pw.ForeignKeyField(Prospect, backref="lead_sources", on_delete="CASCADE")
     elead = pw.ForeignKeyField(ELead, unique=True, backref="lead_sources", on_delete="CASCADE")
-    source = pw.CharField(null=True)
-    external_id = pw.CharField(null=True)
+    source = CharField(null=True)
+    external_id = CharField(null=True)
     interest = pw.TextField(null=True)
     comments = pw.TextField(null=True)
-    location = pw.CharField(max_length=64, null=True)
+    location = CharField(max_length=64, null=True)
     received_at = pw.DateTimeField(default=utcnow)
     created_at = pw.DateTimeField(default=utcnow)
 
@@ -177,13 +192,13 @@ class LeadSource(BaseModel):
 class Notification(BaseModel):
     id = pw.AutoField()
     account = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL")
-    kind = pw.CharField(max_length=32)
+    kind = CharField(max_length=32)
     to = JSONField(default=list)
     subject = pw.TextField()
     reply_to = pw.TextField(null=True)
     message_id = pw.TextField(unique=True)
     payload = JSONField(default=dict)
-    status = pw.CharField(max_length=16, default="queued", index=True)
+    status = CharField(max_length=16, default="queued", index=True)
     attempts = pw.IntegerField(default=0)
     next_attempt_at = pw.DateTimeField(default=utcnow)
     last_error = pw.TextField(null=True)
@@ -196,8 +211,8 @@ class Notification(BaseModel):
 class AuditEvent(BaseModel):
     id = pw.AutoField()
     at = pw.DateTimeField(default=utcnow, index=True)
-    actor = pw.CharField()
-    action = pw.CharField(max_length=64)
+    actor = CharField()
+    action = CharField(max_length=64)
     account = pw.ForeignKeyField(Account, null=True, on_delete="SET NULL")
     elead = pw.ForeignKeyField(ELead, null=True, backref="audit", on_delete="SET NULL")
     prospect = pw.ForeignKeyField(Prospect, null=True, on_delete="SET NULL")
@@ -218,7 +233,7 @@ class ReplyToken(BaseModel):
 
     elead = pw.ForeignKeyField(ELead, backref="reply_tokens", on_delete="CASCADE")
     account = pw.ForeignKeyField(Account, on_delete="CASCADE")
-    token_hash = pw.CharField(max_length=64, unique=True)
+    token_hash = CharField(max_length=64, unique=True)
     created_at = pw.DateTimeField(default=utcnow)
     expires_at = pw.DateTimeField()
     used_at = pw.DateTimeField(null=True)
@@ -250,8 +265,8 @@ class VisitCursor(BaseModel):
     truncated or replaced under the same name."""
 
     id = pw.AutoField()
-    source = pw.CharField(max_length=255)
-    fingerprint = pw.CharField(max_length=64)
+    source = CharField(max_length=255)
+    fingerprint = CharField(max_length=64)
     path = pw.TextField()
     device = pw.BigIntegerField(default=0)
     inode = pw.BigIntegerField(default=0)
@@ -271,8 +286,8 @@ class LeadEmail(BaseModel):
 
     elead_id: int
 
-    account = pw.CharField(max_length=64)
-    email = pw.CharField()
+    account = CharField(max_length=64)
+    email = CharField()
     elead = pw.ForeignKeyField(ELead, on_delete="CASCADE")
 
     class Meta:
@@ -284,10 +299,10 @@ class VisitorLink(BaseModel):
 
     id = pw.AutoField()
     elead_id: int
-    account = pw.CharField(max_length=64)
-    visitor_id = pw.CharField(max_length=128)
+    account = CharField(max_length=64)
+    visitor_id = CharField(max_length=128)
     elead = pw.ForeignKeyField(ELead, backref="visitor_links", on_delete="CASCADE")
-    via = pw.CharField(max_length=16)  # lead_field | form_submit
+    via = CharField(max_length=16)  # lead_field | form_submit
     created_at = pw.DateTimeField(default=utcnow)
 
     class Meta:
@@ -297,10 +312,10 @@ class VisitorLink(BaseModel):
 class VisitForm(BaseModel):
     """A form_submit event of a visitor: links by email, and names a location."""
 
-    account = pw.CharField(max_length=64)
-    visitor_id = pw.CharField(max_length=128, index=True)
-    email = pw.CharField(null=True, index=True)
-    location = pw.CharField(max_length=64, null=True)
+    account = CharField(max_length=64)
+    visitor_id = CharField(max_length=128, index=True)
+    email = CharField(null=True, index=True)
+    location = CharField(max_length=64, null=True)
     at = pw.DateTimeField()
 
 
@@ -313,8 +328,8 @@ class VisitSession(BaseModel):
     """
 
     id = pw.AutoField()
-    account = pw.CharField(max_length=64)
-    visitor_id = pw.CharField(max_length=128)
+    account = CharField(max_length=64)
+    visitor_id = CharField(max_length=128)
     start_at = pw.DateTimeField()
     end_at = pw.DateTimeField(index=True)
     hits = JSONField(default=list)
@@ -323,7 +338,7 @@ class VisitSession(BaseModel):
     user_agent = pw.TextField(null=True)
     log = pw.TextField(null=True)
     #: null: not decided; "alerted", "cooldown", or "none" (not a return visit).
-    alert_state = pw.CharField(max_length=16, null=True)
+    alert_state = CharField(max_length=16, null=True)
 
     class Meta:
         indexes = ((("account", "visitor_id", "start_at"), False),)
@@ -337,13 +352,13 @@ class ReturnAlert(BaseModel):
     notification_id: int | None
     session_id: int | None
 
-    account = pw.CharField(max_length=64)
-    visitor_id = pw.CharField(max_length=128)
+    account = CharField(max_length=64)
+    visitor_id = CharField(max_length=128)
     session = pw.ForeignKeyField(VisitSession, null=True, on_delete="SET NULL")
     session_start = pw.DateTimeField()
     elead = pw.ForeignKeyField(ELead, null=True, on_delete="SET NULL")
-    prospect = pw.CharField(max_length=64, null=True)
-    email = pw.CharField(null=True)
+    prospect = CharField(max_length=64, null=True)
+    email = CharField(null=True)
     locations = JSONField(default=list)
     recipients = JSONField(default=list)
     notification = pw.ForeignKeyField(Notification, null=True, on_delete="SET NULL")
