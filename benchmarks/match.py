@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -51,7 +53,7 @@ from _support import machine  # noqa: E402
 
 from daemon.config import MatchSettings  # noqa: E402 - after the sys.path line above
 from daemon.db import open_database  # noqa: E402
-from daemon.db.models import Account  # noqa: E402
+from daemon.db.models import Account, Prospect  # noqa: E402
 from daemon.match import Decision, match_lead  # noqa: E402
 from daemon.match.retrieve import explain, fetch_candidates  # noqa: E402
 from daemon.prospects_import import import_prospects  # noqa: E402
@@ -86,6 +88,7 @@ def _cities() -> tuple[list[tuple[str, str, list[str]]], list[int]]:
 
 Lead = tuple[dict[str, Any], str | None]  # (lead fields, the prospect it truly is, or None)
 Labelled = tuple[dict[str, Any], str | None, str]  # ... and its label by the README's rule
+Miss = tuple[dict[str, Any], str, str, list[str]]  # (lead, its prospect, outcome, shown)
 
 
 class World:
@@ -329,6 +332,8 @@ class Score:
     found: int = 0
     agree: int = 0
     fuzzy: int = 0
+    #: True duplicates neither matched nor shown.
+    misses: list[Miss] = dataclasses.field(default_factory=list)
 
     def add(
         self, outcome: str, chosen: str | None, shown: list[str], truth: str | None, label: str
@@ -362,10 +367,21 @@ def evaluate(leads: list[Labelled], settings: MatchSettings) -> tuple[Score, Sco
         decision: Decision = match_lead(lead, account="bench", settings=settings)
         latency.append((time.perf_counter() - started) * 1000)
         chosen = decision.pid if decision.outcome == "matched" else None
-        ours.add(decision.outcome, chosen, [c.pid for c in decision.candidates], truth, label)
+        shown = [c.pid for c in decision.candidates]
+        ours.add(decision.outcome, chosen, shown, truth, label)
+        if truth is not None and chosen != truth and truth not in shown:
+            ours.misses.append((lead, truth, decision.outcome, shown))
         rows = fetch_candidates(lead, account="bench", settings=settings).prospects
         base.add(*baseline(lead, rows, settings.max_shown), truth, label)
     return ours, base, latency
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process and of its finished children (the import's workers)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -378,17 +394,36 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> None:
     people, gen_s = timed(lambda: world.prospects(n))
     csv_path = work / f"prospects-{n}.csv"
     write_csv(csv_path, people, world.rng)
-    open_database(f"sqlite:///{work}/bench-{n}.db")
-    Account.create(id="bench")
-    report, import_s = timed(
-        lambda: import_prospects(
-            csv_path, account="bench", default_region="US", batch_size=args.batch
+    rates, cpu = [], []
+    for attempt in range(args.import_repeats):  # each into a new database; the last stays
+        db_path = work / f"bench-{n}-{attempt}.db"
+        database = open_database(f"sqlite:///{db_path}")
+        Account.create(id="bench")
+        used = cpu_seconds()
+        report, import_s = timed(
+            lambda: import_prospects(
+                csv_path,
+                account="bench",
+                default_region="US",
+                batch_size=args.batch,
+                workers=args.workers,
+            )
         )
-    )
-    size_mb = csv_path.stat().st_size / 1e6
+        rates.append(n / import_s)
+        cpu.append(tuple(b - a for a, b in zip(used, cpu_seconds(), strict=True)))
+        if attempt + 1 < args.import_repeats:
+            database.close()
+            for leftover in work.glob(f"{db_path.name}*"):
+                leftover.unlink()
+    size_mb, workers = csv_path.stat().st_size / 1e6, args.workers
     print(f"\n== {n:,} prospects (generated in {gen_s:.1f}s; CSV {size_mb:.0f} MB)")
-    print(f"  import: {report.imported:,} imported, {report.skipped} skipped in {import_s:.1f}s "
-          f"= {n / import_s:,.0f}/s (target >= 20,000/s; batch {args.batch:,})")  # fmt: skip
+    print(f"  import: {report.imported:,} imported, {report.skipped} skipped; "
+          f"median {statistics.median(rates):,.0f}/s of {len(rates)} "
+          f"({', '.join(f'{r:,.0f}' for r in rates)}; target >= 20,000/s; "
+          f"batch {args.batch:,}; workers {'auto' if workers is None else workers})")  # fmt: skip
+    main_us, workers_us = (statistics.median(c[i] for c in cpu) / n * 1e6 for i in (0, 1))
+    print(f"  import CPU per prospect (medians; what counts on a busy machine): {main_us:.0f} us "
+          f"reading and writing, {workers_us:.0f} us validating (workers)")  # fmt: skip
     print(f"  plan of a key look-up: {' / '.join(explain('bench', 'e:x@example.com'))}")
     leads = world.leads(people, args.leads)
     settings = MatchSettings()
@@ -401,6 +436,11 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> None:
     print(f"  labelled set: {len(leads):,} leads, labels {counts}, true duplicates {ours.dups:,}")
     print(ours.line("eleads", len(leads)))
     print(base.line("baseline", len(leads)))
+    if args.show_misses:
+        for lead, truth, outcome, shown in ours.misses:
+            row = Prospect.get((Prospect.account == "bench") & (Prospect.pid == truth))
+            print(f"  missed {truth} {[getattr(row, f) for f in LEAD]}\n"
+                  f"    lead {lead} -> {outcome} {shown}")  # fmt: skip
 
 
 def main() -> None:
@@ -408,6 +448,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="prospect counts")
     parser.add_argument("--leads", type=int, default=6000, help="labelled leads per size (>= 5000)")
     parser.add_argument("--batch", type=int, default=20000, help="import batch size (rows)")
+    parser.add_argument(
+        "--import-repeats", type=int, default=3, help="imports per size (the median is shown)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="validation processes (default: automatic)"
+    )
+    parser.add_argument(
+        "--show-misses", action="store_true", help="print the true duplicates eleads missed"
+    )
     parser.add_argument("--seed", type=int, default=20261117)
     parser.add_argument(
         "--dir", type=Path, default=None, help="work directory (default: temporary)"

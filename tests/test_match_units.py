@@ -7,13 +7,16 @@ names.py, keys.py, score.py and decide.py are pure functions.
 from __future__ import annotations
 
 import random
+import unicodedata
 from typing import Any
 
+import phonenumbers
 import pytest
 
 from daemon.config import MatchSettings
 from daemon.match import Candidate, decide, evaluate
 from daemon.match.keys import (
+    _nanp_exchange_valid,
     blocking_keys,
     e164,
     email_address,
@@ -228,6 +231,33 @@ def test_bulk_normalisers_agree_with_normalise() -> None:
         assert e164(value, ("US", "GB")) == normalise.phone(value, ("US", "GB"))
     for value in ("Gary.Cruz84@EXAMPLE.NET", "a..b@example.com", "x@localhost", "<a@b.example>"):
         assert email_address(value) == normalise.email(value)
+
+
+def test_nanp_exchange_check_agrees_with_a_full_parse() -> None:
+    """The import's per-exchange check skips the parse for area codes from 2-9, and tries
+    the US first as libphonenumber does."""
+    assert phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1][0] == "US"
+    rng = random.Random(11)
+    prefixes = {f"{rng.randint(0, 999999):06d}" for _ in range(1500)}
+    prefixes |= {"212555", "268464", "416555", "800555", "900555", "011234", "123456"}
+    for prefix in sorted(prefixes):
+        full = normalise.phone(f"+1{prefix}0100", ("US",)) is not None
+        assert _nanp_exchange_valid.__wrapped__(prefix) == full, prefix
+
+
+def test_clean_and_fold_fast_paths_agree_with_the_full_path() -> None:
+    """normalise.clean/fold skip their regexes and Unicode work for plain ASCII."""
+    rng = random.Random(7)
+    alphabet = "aZ09 .-@'/\t\n\r\x00\x1f\x7f\x85\u00a0\u00e9e\u0301\u200b\u2028\uff37\ufeff"
+    samples = ["", " ", "n/a", "N/A", "None", " x", "x  y", "x ", "a" * 250, "é", "ﬁ", "Ⅻ"]
+    samples += ["".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(5000)]
+    samples += ["".join(rng.choices("ab N/", k=rng.randint(0, 8))) for _ in range(2000)]
+    for text in samples:
+        for limit in (3, 64, 200):
+            assert normalise.clean(text, limit) == normalise._clean(text, limit), (text, limit)
+        decomposed = unicodedata.normalize("NFKD", text.lower())
+        slow = "".join(c for c in decomposed if not unicodedata.combining(c))
+        assert normalise.fold(text) == slow, text
 
 
 # --- scores and verdicts ------------------------------------------------------------------

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jellyfish
+import phonenumbers
 
 from daemon.match.names import first_name_keys, given_name, surname_parts
 from daemon.parse import normalise
@@ -118,13 +119,27 @@ _PLAIN_EMAIL = re.compile(
 )
 
 
+_NON_DIGITS = re.compile(r"\D")
+_NANP_LEAD = frozenset("23456789")
+
+
 @functools.lru_cache(maxsize=65536)
 def _nanp_exchange_valid(prefix: str) -> bool:
     """Whether +1 numbers starting with this area code + exchange are valid.
 
     libphonenumber's NANP patterns decide on the first six digits and end in ``\\d{4}``,
-    so one full check per exchange stands for all its numbers.
+    so one full check per exchange stands for all its numbers. From 2-9, "+1<prefix>0100"
+    parses to exactly this number (no national prefix to strip, no leading zero), so the
+    parse is skipped; and a number valid for the US (the first of +1's regions, the one
+    is_valid_number tries first) is valid. A sixth of the full cost, paid for most rows
+    of a 10k import.
     """
+    if prefix[:1] in _NANP_LEAD:
+        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(f"{prefix}0100"))
+        return bool(
+            phonenumbers.is_valid_number_for_region(number, "US")
+            or phonenumbers.is_valid_number(number)
+        )
     return normalise.phone(f"+1{prefix}0100", ("US",)) is not None
 
 
@@ -139,7 +154,7 @@ def e164(value: str, regions: tuple[str, ...]) -> str | None:
     For bulk work (the prospect import): a number is checked in full once per exchange.
     """
     if _NANP_SHAPE.match(value) and (value.startswith("+1") or regions[0] in ("US", "CA")):
-        digits = re.sub(r"\D", "", value)[-10:]
+        digits = _NON_DIGITS.sub("", value)[-10:]
         if _nanp_exchange_valid(digits[:6]):
             return f"+1{digits}"
     return normalise.phone(value, regions)
@@ -268,7 +283,7 @@ def blocking_keys(fields: Mapping[str, Any]) -> set[str]:
         keys.add(f"a:{parsed.number}|{parsed.name}")
     postal, city = postal_key(fields.get("postal_code")), city_key(fields.get("city"))
     keys |= _name_keys(fields.get("first_name"), fields.get("last_name"), postal, city)
-    if any(len(k) > MAX_KEY for k in keys):
+    if keys and max(map(len, keys)) > MAX_KEY:
         return {k[:MAX_KEY] for k in keys}
     return keys
 

@@ -38,7 +38,23 @@ def clean(value: object, limit: int = MAX_LEN) -> str | None:
     """One-line NFC text without control characters, capped; None for blanks/placeholders."""
     if value is None or isinstance(value, bool):
         return None
-    text = str(value)[: limit * 2 + 64]  # bound the work before any regex
+    text = str(value)
+    if (
+        len(text) <= limit
+        and text.isascii()
+        and text.isprintable()
+        and "  " not in text
+        and text[:1] != " "
+        and text[-1:] != " "
+    ):
+        # Already clean, as most values are (a prospect import cleans five a row): printable
+        # ASCII has no control characters, no whitespace but single inner spaces, is NFC.
+        return None if text.lower() in _PLACEHOLDERS else text
+    return _clean(text, limit)
+
+
+def _clean(text: str, limit: int) -> str | None:
+    text = text[: limit * 2 + 64]  # bound the work before any regex
     text = _SPACE_RE.sub(" ", _CONTROL_RE.sub(" ", text)).strip()
     text = unicodedata.normalize("NFC", text)
     if text.lower() in _PLACEHOLDERS:
@@ -48,6 +64,8 @@ def clean(value: object, limit: int = MAX_LEN) -> str | None:
 
 def fold(text: str) -> str:
     """Lower case without accents, for comparing labels and names of places."""
+    if text.isascii():  # NFKD leaves ASCII alone and it has no combining marks
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text.lower())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
