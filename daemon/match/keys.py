@@ -31,7 +31,7 @@ from typing import Any
 import jellyfish
 import phonenumbers
 
-from daemon.match.names import first_name_keys, given_name, surname_parts
+from daemon.match.names import CACHE_SIZE, first_name_keys, given_name, surname_parts
 from daemon.parse import normalise
 from daemon.parse.normalise import fold
 
@@ -123,7 +123,7 @@ _NON_DIGITS = re.compile(r"\D")
 _NANP_LEAD = frozenset("23456789")
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _nanp_exchange_valid(prefix: str) -> bool:
     """Whether +1 numbers starting with this area code + exchange are valid.
 
@@ -237,7 +237,7 @@ def city_key(value: object) -> str | None:
     return _city_key(value) if isinstance(value, str) else None
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _surname_codes(last: str) -> tuple[str, ...]:
     parts = surname_parts(last)
     if not parts:

@@ -21,6 +21,10 @@ from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
 
 from daemon.parse.normalise import fold
 
+#: Entries per memo of a name function. Common names repeat and stay cached; the cap keeps
+#: a worker that sees years of distinct names at a few MB per memo (about 250 bytes each).
+CACHE_SIZE = 8192
+
 FirstRelation = Literal["same", "nickname", "typo", "initial", "missing", "different"]
 LastRelation = Literal["same", "part", "typo", "missing", "different"]
 
@@ -228,13 +232,13 @@ def _load() -> tuple[dict[str, frozenset[str]], frozenset[str], frozenset[str]]:
 _GROUPS, _FORMAL, KNOWN_NAMES = _load()
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def letters(text: str) -> str:
     """Lower case, accents and everything but letters removed ("O'Connell" -> "oconnell")."""
     return "".join(_WORD_RE.findall(fold(text)))
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def split_generation(last: str) -> tuple[str, str | None]:
     """("Platt Sr." -> ("Platt", "sr")): the suffix tells a father from his son."""
     words = last.replace(",", " ").split()
@@ -245,14 +249,14 @@ def split_generation(last: str) -> tuple[str, str | None]:
     return last, None
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def given_name(first: str) -> str:
     """The name a first-name field is compared by: its first word, letters only."""
     words = first.replace(".", ". ").split()
     return letters(words[0]) if words else ""
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def first_name_keys(first: str) -> frozenset[str]:
     """Blocking values of a first name: its nickname groups, else itself (an initial too)."""
     name = given_name(first)
@@ -318,7 +322,7 @@ def compare_first(
     return "different", 0.3 * float(JaroWinkler.normalized_similarity(x, y))
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def surname_parts(last: str) -> tuple[str, ...]:
     """Words of a surname without particles and generation ("García-López Jr." -> 2)."""
     base, _ = split_generation(last)
