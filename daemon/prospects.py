@@ -16,6 +16,7 @@ from typing import Any
 
 import peewee as pw
 
+from daemon.db.fast import create_row, statement
 from daemon.db.models import Account, LeadSource, Prospect, ProspectKey, database_proxy, utcnow
 from daemon.errors import UsageError
 from daemon.match.keys import blocking_keys, city_key, postal_key
@@ -63,17 +64,36 @@ def _tuples(query: Any) -> list[tuple[Any, ...]]:
 
 def _reserve_pids(account: str, count: int) -> list[str]:
     """Take ``count`` numbers from the account's counter (one atomic UPDATE)."""
-    query = Account.update(prospect_seq=Account.prospect_seq + count).where(Account.id == account)
-    if not query.execute():
+    # Statements rendered once (daemon/db/fast.py): the worker runs this per new prospect.
+    bump = statement(
+        "reserve_pids",
+        lambda: Account.update(prospect_seq=Account.prospect_seq + count).where(
+            Account.id == account
+        ),
+        (count, account),
+    )
+    if not database_proxy.execute_sql(bump, (count, account)).rowcount:
         raise UsageError(f"no account {account!r}")
-    top = int(Account.select(Account.prospect_seq).where(Account.id == account).scalar())
+    read = statement(
+        "prospect_seq",
+        lambda: Account.select(Account.prospect_seq).where(Account.id == account),
+        (account,),
+    )
+    top = int(database_proxy.execute_sql(read, (account,)).fetchone()[0])
     return [f"P{n}" for n in range(top - count + 1, top + 1)]
 
 
 def _pid_taken(account: str, pid: str) -> bool:
-    return bool(
-        Prospect.select().where((Prospect.account == account) & (Prospect.pid == pid)).exists()
+    sql = statement(
+        "pid_taken",
+        lambda: (
+            Prospect.select(Prospect.id)
+            .where((Prospect.account == account) & (Prospect.pid == pid))
+            .limit(1)
+        ),
+        (account, pid, 1),
     )
+    return database_proxy.execute_sql(sql, (account, pid, 1)).fetchone() is not None
 
 
 @functools.cache
@@ -121,7 +141,7 @@ def create_prospect(fields: Mapping[str, Any], *, account: str) -> Prospect:
         pid = _reserve_pids(account, 1)[0]
         while _pid_taken(account, pid):  # an id imported out of sequence
             pid = _reserve_pids(account, 1)[0]
-        prospect = Prospect.create(account=account, pid=pid, **values)
+        prospect = create_row(Prospect, account=account, pid=pid, **values)
         _write_keys(account, [(int(prospect.id), blocking_keys(values))])
     log.info("event=prospect_created account=%s prospect=%s", account, pid)
     return prospect

@@ -10,7 +10,7 @@ It returns the same saved instance ``Model.create`` would.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import peewee as pw
@@ -138,3 +138,23 @@ def update_rows(
     if params:
         sql = _update_sql(model, ordered, id(database_proxy.obj))
         database_proxy.cursor().executemany(sql, params)
+
+
+_STATEMENTS: dict[tuple[str, int], str] = {}
+
+
+def statement(name: str, build: Callable[[], Any], params: Sequence[Any]) -> str:
+    """The SQL of the query ``build()`` makes, rendered by peewee once per database.
+
+    ``build`` must use ``params`` as its values, in the order its SQL takes them: this
+    is checked when the statement is rendered, so a query whose parameter order differs
+    fails at once instead of binding values to the wrong columns.
+    """
+    key = (name, id(database_proxy.obj))
+    sql = _STATEMENTS.get(key)
+    if sql is None:
+        sql, rendered = build().sql()
+        if list(rendered) != list(params):
+            raise AssertionError(f"statement {name}: parameters {rendered} != {list(params)}")
+        _STATEMENTS[key] = sql
+    return sql

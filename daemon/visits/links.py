@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from daemon.db.models import ELead, LeadEmail, VisitForm, VisitorLink
+from daemon.db.fast import statement
+from daemon.db.models import ELead, LeadEmail, VisitForm, VisitorLink, database_proxy, utcnow
 
 _CHUNK = 400
 
@@ -42,36 +43,45 @@ def index_elead(elead: ELead, lead: Mapping[str, Any]) -> int:
         made += link(account, visitor.strip(), elead.id, via="lead_field")
     email = _email(lead.get("email"))
     if email:
-        row = {"account": account, "email": email, "elead": elead.id}
-        LeadEmail.insert(**row).on_conflict_ignore().execute()
-        visitors = {
-            row.visitor_id
-            for row in VisitForm.select(VisitForm.visitor_id).where(
+        # Statements rendered once (daemon/db/fast.py): this runs for every lead.
+        values = (account, email, elead.id)
+        insert = statement(
+            "lead_email",
+            lambda: LeadEmail.insert(
+                account=values[0], email=values[1], elead=values[2]
+            ).on_conflict_ignore(),
+            values,
+        )
+        database_proxy.execute_sql(insert, values)
+        forms = statement(
+            "forms_by_email",
+            lambda: VisitForm.select(VisitForm.visitor_id).where(
                 (VisitForm.account == account) & (VisitForm.email == email)
-            )
-        }
+            ),
+            (account, email),
+        )
+        visitors = {vid for (vid,) in database_proxy.execute_sql(forms, (account, email))}
         for vid in sorted(visitors):
             made += link(account, vid, elead.id, via="form_submit")
     return made
 
 
 def link(account: str, visitor_id: str, elead_id: int, *, via: str) -> int:
-    """One link (idempotent); 1 when it is new."""
-    exists = (
-        VisitorLink.select()
-        .where(
-            (VisitorLink.account == account)
-            & (VisitorLink.visitor_id == visitor_id)
-            & (VisitorLink.elead == elead_id)
-        )
-        .exists()
+    """One link (idempotent: the unique index ignores a second); 1 when it is new."""
+    values = (account, visitor_id, elead_id, via, utcnow())
+    insert = statement(
+        "visitor_link",
+        lambda: VisitorLink.insert(
+            account=values[0],
+            visitor_id=values[1],
+            elead=values[2],
+            via=values[3],
+            created_at=values[4],
+        ).on_conflict_ignore(),
+        values,
     )
-    if exists:
-        return 0
-    VisitorLink.insert(
-        account=account, visitor_id=visitor_id, elead=elead_id, via=via
-    ).on_conflict_ignore().execute()
-    return 1
+    cursor = database_proxy.execute_sql(insert, values)
+    return 1 if cursor.rowcount == 1 else 0
 
 
 def link_forms(account: str, forms: Iterable[tuple[str, str]]) -> int:
