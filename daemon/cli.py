@@ -96,9 +96,13 @@ def main() -> None:
 @guarded
 def serve(config_file: Path | None) -> None:
     """Run the daemon (SMTP, IMAP, spool runner) until SIGTERM."""
+    from daemon.drivers import skip_postgresql_driver
+
+    settings = settings_for(config_file, quiet=False)
+    skip_postgresql_driver(settings.database_url)  # before daemon.app imports peewee
     from daemon.app import serve as serve_daemon
 
-    serve_daemon(settings_for(config_file, quiet=False))
+    serve_daemon(settings)
 
 
 @main.command("check-config")

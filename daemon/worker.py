@@ -23,12 +23,15 @@ import select
 import signal
 import sys
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from daemon.config import load_settings
+from daemon.drivers import skip_postgresql_driver
 from daemon.errors import EleadsError
 from daemon.logs import setup_logging
-from daemon.runner import process_or_defer_batch
-from daemon.runtime import Runtime, open_runtime
+
+if TYPE_CHECKING:
+    from daemon.runtime import Runtime
 
 log = logging.getLogger("daemon.worker")
 
@@ -60,6 +63,10 @@ def _tell_parent() -> None:
 def run(config: str | None, *, nice: int) -> int:
     settings = load_settings(config)
     setup_logging(settings.logging.level)
+    # The database layer is imported only now, after the config said which one it is.
+    skip_postgresql_driver(settings.database_url)
+    from daemon.runtime import open_runtime
+
     if nice:
         os.nice(nice)
     stop = _Stop()
@@ -84,6 +91,8 @@ def run(config: str | None, *, nice: int) -> int:
 
 
 def _loop(runtime: Runtime, stop: _Stop) -> None:
+    from daemon.runner import process_or_defer_batch
+
     try:
         while not stop.requested:
             entries = runtime.spool.claim_due(BATCH)
