@@ -206,8 +206,10 @@ def migrate(db: pw.Database) -> int:
     return newest
 
 
-def open_database(url: str) -> pw.Database:
-    """Connect, bind the models, and migrate. Idempotent for the same URL."""
+def open_database(url: str, *, role: str = "") -> pw.Database:
+    """Connect, bind the models, and migrate. Idempotent for the same URL.
+
+    ``role`` names the database in errors when there are two ("source", "target")."""
     db = make_database(url)
     database_proxy.initialize(db)
     try:
@@ -218,5 +220,6 @@ def open_database(url: str) -> pw.Database:
         with contextlib.suppress(pw.PeeweeException):
             db.close()
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"database {redact_url(url)}: {detail}") from None
+        named = f"{role} database" if role else "database"
+        raise ConfigError(f"{named} {redact_url(url)}: {detail}") from None
     return db

@@ -36,9 +36,9 @@ import peewee as pw
 from peewee import sort_models  # type: ignore[attr-defined]
 
 from daemon.config import Settings
-from daemon.db import SchemaMigration, is_postgresql, make_database, migrate, redact_url
+from daemon.db import SchemaMigration, is_postgresql, open_database, redact_url
 from daemon.db.models import MODELS, database_proxy
-from daemon.errors import ConfigError, UsageError
+from daemon.errors import UsageError
 from daemon.runtime import DataDirLock
 
 log = logging.getLogger(__name__)
@@ -98,21 +98,6 @@ def _same_database(a: str, b: str) -> bool:
         pb.port or 5432,
         pb.path.strip("/"),
     )
-
-
-def _open(url: str, what: str) -> pw.Database:
-    """Connect ``url`` and bring its schema to the newest version."""
-    db = make_database(url)
-    database_proxy.initialize(db)
-    try:
-        db.connect(reuse_if_open=True)
-        migrate(db)
-    except (pw.OperationalError, pw.ProgrammingError) as exc:
-        if not db.is_closed():
-            db.close()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{what} database {redact_url(url)}: {first}") from None
-    return db
 
 
 def _count(model: type[pw.Model], db: pw.Database) -> int:
@@ -208,8 +193,8 @@ def migrate_to(
     source: pw.Database | None = None
     target: pw.Database | None = None
     try:
-        source = _open(source_url, "source")
-        target = _open(target_url, "target")
+        source = open_database(source_url, role="source")
+        target = open_database(target_url, role="target")
         version = int(SchemaMigration.select(pw.fn.MAX(SchemaMigration.version)).scalar(target))
         models = copy_order()
         _check_source_tables(source, models)
