@@ -7,16 +7,15 @@ keys (daemon/match/keys.py), which is what makes matching an indexed look-up.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import peewee as pw
 
-from daemon.db.fast import create_row, statement
+from daemon.db.fast import create_row, insert_stored, statement
 from daemon.db.models import Account, LeadSource, Prospect, ProspectKey, database_proxy, utcnow
 from daemon.errors import UsageError
 from daemon.match.keys import blocking_keys, city_key, postal_key
@@ -96,29 +95,12 @@ def _pid_taken(account: str, pid: str) -> bool:
     return database_proxy.execute_sql(sql, (account, pid, 1)).fetchone() is not None
 
 
-@functools.cache
-def _insert_sql(model: type[pw.Model], names: tuple[str, ...], db_id: int) -> str:
-    """peewee's INSERT statement for ``names`` on the bound database (built once)."""
-    del db_id  # part of the cache key only
-    fields = [getattr(model, name) for name in names]
-    sql, _ = model.insert_many([tuple(None for _ in names)], fields=fields).sql()
-    return str(sql)
-
-
-def _executemany(
-    model: type[pw.Model], names: tuple[str, ...], rows: Sequence[Sequence[Any]]
-) -> None:
-    if rows:
-        sql = _insert_sql(model, names, id(database_proxy.obj))
-        database_proxy.cursor().executemany(sql, rows)
-
-
 _KEY_COLUMNS = ("account", "prospect", "key")
 
 
 def _write_keys(account: str, pairs: Iterable[tuple[int, Iterable[str]]]) -> None:
     rows = [(account, pid, key) for pid, keys in pairs for key in keys]
-    _executemany(ProspectKey, _KEY_COLUMNS, rows)
+    insert_stored(ProspectKey, _KEY_COLUMNS, rows)
 
 
 def refresh_keys(prospect: Prospect) -> None:

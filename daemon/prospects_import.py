@@ -40,6 +40,7 @@ from typing import Any
 import peewee as pw
 
 from daemon.db import write_transaction
+from daemon.db.fast import insert_stored
 from daemon.db.models import Account, Prospect, ProspectKey, database_proxy, utcnow
 from daemon.errors import TransientError, UsageError
 from daemon.match.keys import blocking_keys, e164, email_address
@@ -52,7 +53,6 @@ from daemon.prospects import (
     IMPORT_CACHE_KIB,
     MAX_PROBLEMS,
     ImportReport,
-    _executemany,
     _reserve_pids,
     _tuples,
 )
@@ -349,7 +349,7 @@ class _Importer:
             now.isoformat(" ") if isinstance(database_proxy.obj, pw.SqliteDatabase) else now
         )
         data = [(account, r.pid, *r.values, 0, stamp, stamp) for r in rows]
-        _executemany(Prospect, _PROSPECT_COLUMNS, data)
+        insert_stored(Prospect, _PROSPECT_COLUMNS, data)
         ids: Sequence[int]
         if (top.scalar() or 0) == before + len(rows):
             # New ids are above every earlier one: exactly before+1..before+n, in order.
@@ -367,7 +367,7 @@ class _Importer:
         else:
             key_rows = [(account, i, k) for k, i in json.loads(keys)]
             key_rows.sort(key=operator.itemgetter(2))
-            _executemany(ProspectKey, _KEY_COLUMNS, key_rows)
+            insert_stored(ProspectKey, _KEY_COLUMNS, key_rows)
         _bump_seq(account, _top_p_number(r.pid for r in rows))
         self.taken.update(str(r.pid) for r in rows)
         self.imported += len(rows)

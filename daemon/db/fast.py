@@ -116,9 +116,17 @@ def insert_rows(model: type[pw.Model], names: Sequence[str], rows: Iterable[Sequ
         )
         for row in rows
     ]
-    if params:
-        sql = _insert_sql(model, tuple(f.name for f in fields), id(database_proxy.obj))
-        database_proxy.cursor().executemany(sql, params)
+    insert_stored(model, tuple(f.name for f in fields), params)
+
+
+def insert_stored(
+    model: type[pw.Model], names: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """INSERT ``rows`` whose values are already as stored (no conversion, no defaults):
+    the prospect importer's rows, made in bulk."""
+    if rows:
+        sql = _insert_sql(model, tuple(names), id(database_proxy.obj))
+        database_proxy.cursor().executemany(sql, rows)
 
 
 def update_rows(
