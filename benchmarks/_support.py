@@ -6,6 +6,7 @@ import asyncio
 import os
 import platform
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -107,3 +108,38 @@ async def smtp_load(
     start = time.perf_counter()
     await asyncio.gather(*(_sender(port, jobs, make, accepted) for _ in range(connections)))
     return time.perf_counter() - start, accepted
+
+
+#: A null SMTP server (``python -c NULL_SMTP_SERVER PORT``): answers 250 to everything.
+NULL_SMTP_SERVER = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+class Null:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(lambda: SMTP(Null(), loop=loop, enable_SMTPUTF8=True,
+                             decode_data=False), "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def wait_stored(db_path: Path, expected: int, timeout: float) -> tuple[int, int]:
+    """Poll the daemon's SQLite database until ``expected`` inbound messages are stored
+    (or the timeout passes); returns (rows, distinct Message-IDs) as last seen."""
+    deadline = time.monotonic() + timeout
+    count = distinct = 0
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db_path, timeout=5) as db:
+                count, distinct = db.execute(
+                    "select count(*), count(distinct message_id) from inbound_message"
+                ).fetchone()
+        except sqlite3.Error:
+            pass
+        if count >= expected:
+            break
+        time.sleep(0.05)
+    return count, distinct

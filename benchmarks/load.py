@@ -40,7 +40,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _support import free_port, machine, percentile, smtp_load, wait_listening  # noqa: E402
+from _support import (  # noqa: E402
+    free_port,
+    machine,
+    percentile,
+    smtp_load,
+    wait_listening,
+    wait_stored,
+)
 from match import World, write_csv  # noqa: E402
 
 LABELS = {
@@ -129,17 +136,8 @@ def open_fds(pid: int) -> int:
 
 
 def wait_processed(db_path: Path, accepted: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with sqlite3.connect(db_path, timeout=5) as db:
-                (count,) = db.execute("select count(*) from inbound_message").fetchone()
-            if count >= accepted:
-                return
-        except sqlite3.Error:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"not every accepted message was processed within {timeout:.0f} s")
+    if wait_stored(db_path, accepted, timeout)[0] < accepted:
+        raise SystemExit(f"not every accepted message was processed within {timeout:.0f} s")
 
 
 def verify(db_path: Path, accepted_ids: set[str]) -> dict[str, int]:

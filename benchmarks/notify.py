@@ -38,25 +38,11 @@ from typing import Any
 
 import aiosmtplib
 import yaml
-from _support import free_port, machine, percentile, wait_listening
+from _support import NULL_SMTP_SERVER, free_port, machine, percentile, wait_listening
 from aiosmtpd.controller import Controller
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-NULL_RELAY = """
-import asyncio, sys
-from aiosmtpd.smtp import SMTP
-class Null:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 2.0.0 OK"
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_server(lambda: SMTP(Null(), loop=loop, decode_data=False),
-                             "127.0.0.1", int(sys.argv[1]))
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 
 def lead(n: int, run: str) -> tuple[str, bytes]:
@@ -170,7 +156,7 @@ async def _drain(settings: Any, db: Any, count: int) -> tuple[float, float]:
 
 def throughput(count: int) -> None:
     port = free_port()
-    relay = subprocess.Popen([sys.executable, "-c", NULL_RELAY, str(port)])
+    relay = subprocess.Popen([sys.executable, "-c", NULL_SMTP_SERVER, str(port)])
     tmp = Path(tempfile.mkdtemp(prefix="eleads-notify-bench-"))
     try:
         wait_listening(port, relay)

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,23 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _support import free_port, machine, percentile, smtp_load, wait_listening
+from _support import (
+    NULL_SMTP_SERVER,
+    free_port,
+    machine,
+    percentile,
+    smtp_load,
+    wait_listening,
+    wait_stored,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-NULL_SERVER = """
-import asyncio, sys
-from aiosmtpd.smtp import SMTP
-class Null:
-    async def handle_DATA(self, server, session, envelope):
-        return "250 2.0.0 OK"
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_server(lambda: SMTP(Null(), loop=loop, enable_SMTPUTF8=True,
-                             decode_data=False), "127.0.0.1", int(sys.argv[1]))
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
 
 
 def message(n: int) -> bytes:
@@ -60,7 +53,7 @@ def message(n: int) -> bytes:
 
 def start_null() -> tuple[subprocess.Popen[bytes], int, Path | None]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", NULL_SERVER, str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", NULL_SMTP_SERVER, str(port)])
     wait_listening(port, proc)
     return proc, port, None
 
@@ -83,19 +76,7 @@ def start_eleads() -> tuple[subprocess.Popen[bytes], int, Path | None]:
 def wait_processed(db_path: Path, messages: int, started: float) -> float:
     """Seconds from the first send until every message is stored; exits if one is missing
     or doubled (the benchmark must not look good by dropping work)."""
-    deadline = time.monotonic() + 300
-    count = distinct = 0
-    while time.monotonic() < deadline:
-        try:
-            with sqlite3.connect(db_path, timeout=5) as db:
-                count, distinct = db.execute(
-                    "select count(*), count(distinct message_id) from inbound_message"
-                ).fetchone()
-        except sqlite3.Error:
-            pass
-        if count >= messages:
-            break
-        time.sleep(0.05)
+    count, distinct = wait_stored(db_path, messages, timeout=300)
     if count != messages or distinct != messages:
         raise SystemExit(f"eleads stored {count} rows ({distinct} distinct) for {messages}")
     return time.perf_counter() - started
