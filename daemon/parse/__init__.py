@@ -15,17 +15,15 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from daemon.parse.classify import classify, referenced_elead, subject_elead
-from daemon.parse.decode import decode_message
-from daemon.parse.forwards import unwrap_forward
 from daemon.parse.model import DecodedMessage, ParseContext, ParseResult
-from daemon.parse.replies import extract_command
 
 if TYPE_CHECKING:
     from daemon.parse.leads import LeadExtraction
     from daemon.parse.rules import RuleSet
 
-__all__ = ["ParseContext", "ParseResult", "decode_message", "parse_message"]
+# The stages are imported by the functions that run them: the daemon process imports this
+# package for its rule checks (rules.py, labels.py) and never parses a message itself.
+__all__ = ["ParseContext", "ParseResult", "parse_message"]
 
 log = logging.getLogger(__name__)
 _DEFAULT_CONTEXT = ParseContext()
@@ -45,6 +43,8 @@ class _Run:
 
     def lead_test(self, msg: DecodedMessage) -> bool:
         """Classify's lead rule: unwrap a forward, then ask the lead parsers."""
+        from daemon.parse.forwards import unwrap_forward
+
         self.stage = "forwards"
         self.original = unwrap_forward(msg)
         self.stage = "leads"
@@ -75,6 +75,10 @@ def parse_message(
 
 
 def _parse(raw: bytes, run: _Run) -> ParseResult:
+    from daemon.parse.classify import classify, referenced_elead, subject_elead
+    from daemon.parse.decode import decode_message
+    from daemon.parse.replies import extract_command
+
     msg = run.msg = decode_message(raw)
     run.stage = "classify"
     verdict = classify(msg, lead_test=run.lead_test)

@@ -16,9 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from daemon.parse import normalise
 from daemon.parse.model import DecodedMessage
-from daemon.parse.normalise import fold
+from daemon.parse.text import fold
 
 MAX_TEXT = 200_000  # characters of a body that are read for labels
 MAX_LINES = 3000
@@ -299,6 +298,8 @@ def split_address(value: str) -> dict[str, str]:
     "Toronto, ON M4C 1B5", "14 Alderbrook Mews, Leeds LS6 2QT". Parts it cannot place stay
     in the street, so nothing is invented.
     """
+    from daemon.parse import normalise  # here: the daemon process imports this module
+
     segments = [s.strip() for s in re.split(r"[,\n]", value[:500]) if s.strip()]
     out: dict[str, str] = {}
     if (
@@ -331,6 +332,8 @@ def split_address(value: str) -> dict[str, str]:
 
 def _take_region(segments: list[str], out: dict[str, str], *, after_postal: bool) -> None:
     """A state/province name as the last segment, or a code at the end of it ("Columbus OH")."""
+    from daemon.parse import normalise
+
     last = segments[-1] if segments else ""
     if (after_postal or len(segments) > 1) and len(last) > 2 and normalise.known_region(last):
         out["region"] = segments.pop()

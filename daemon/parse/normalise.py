@@ -22,6 +22,8 @@ from dateutil import parser as dateparser
 from email_validator import EmailNotValidError, validate_email
 from nameparser import HumanName
 
+from daemon.parse.text import fold as fold  # re-exported: part of this module's API
+
 MAX_LEN = 200  # names, cities, ids: longer is garbage, not data
 MAX_COMMENTS = 4000
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060\ufeff]+")
@@ -60,14 +62,6 @@ def _clean(text: str, limit: int) -> str | None:
     if text.lower() in _PLACEHOLDERS:
         return None
     return text[:limit].rstrip() if len(text) > limit else text
-
-
-def fold(text: str) -> str:
-    """Lower case without accents, for comparing labels and names of places."""
-    if text.isascii():  # NFKD leaves ASCII alone and it has no combining marks
-        return text.lower()
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 # --- phones -----------------------------------------------------------------------------
