@@ -33,7 +33,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -44,14 +44,15 @@ from daemon.metrics import LiveSources, MetricsServer
 from daemon.notify.sender import OutboxSender
 from daemon.notify.transport import make_transport
 from daemon.parse.rules import RuleSet
-from daemon.pipeline import Pipeline
-from daemon.runner import SpoolRunner
 from daemon.runtime import DataDirLock, Runtime, load_rules, open_runtime, sync_accounts
-from daemon.spool import Spool
+from daemon.spool import SpoolStore
 from daemon.status import write_status_file
 from daemon.supervisor import WorkerSupervisor
 from daemon.systemd import Notifier
 from daemon.visits.scheduler import VisitScheduler
+
+if TYPE_CHECKING:
+    from daemon.runner import SpoolRunner
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ RESTART_ONLY: tuple[tuple[str, ...], ...] = (
     ("smtp", "host"),
     ("smtp", "port"),
     ("spool", "worker"),
+    ("spool", "store"),
     ("metrics",),
 )
 
@@ -147,8 +149,14 @@ class Daemon:
             self.supervisor.on_batch_committed(self.sender.wake)
             self._tasks.append(asyncio.create_task(self.supervisor.run(), name="worker"))
         else:
+            # Imported here: the pipeline is the worker process's in the default mode.
+            from daemon.runner import SpoolRunner
+
             self.runner = SpoolRunner(
-                spool=runtime.spool, pipeline=runtime.pipeline, db_thread=self.db_thread
+                spool=runtime.spool,
+                pipeline=runtime.pipeline,
+                db_thread=self.db_thread,
+                idle_wait=self.settings.spool_idle_wait,
             )
             self.runner.on_batch_committed(self.sender.wake)
             self._tasks.append(asyncio.create_task(self.runner.run(), name="spool-runner"))
@@ -167,7 +175,7 @@ class Daemon:
         for mailbox in self.settings.imap.mailboxes:
             self._start_poller(runtime.spool, mailbox, self.settings.imap)
 
-    def _start_poller(self, spool: Spool, mailbox: IMAPMailbox, imap: IMAPSettings) -> None:
+    def _start_poller(self, spool: SpoolStore, mailbox: IMAPMailbox, imap: IMAPSettings) -> None:
         from daemon.inbound.imap import IMAPPoller
 
         poller = IMAPPoller(
@@ -420,8 +428,7 @@ class Daemon:
             self.sender.reconfigure(settings)
         runtime = self.runtime
         if runtime is not None:
-            runtime.settings, runtime.rules = settings, rules
-            runtime.pipeline = Pipeline(settings=settings, spool=runtime.spool, rules=rules)
+            runtime.reload(settings, rules)
             if self.runner is not None:
                 self.runner.pipeline = runtime.pipeline
         if self.scheduler is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -163,6 +164,15 @@ class SpoolSettings(_Model):
     worker_nice: int = Field(default=10, ge=0, le=19)
     #: On stop (and on a config reload): seconds the worker gets to finish its batch.
     stop_timeout: float = Field(default=30.0, gt=0)
+    #: Where accepted messages wait: "files" (data_dir/spool), "database" (the shared
+    #: database: any instance can finish what another accepted), or "auto": database on
+    #: PostgreSQL, files on SQLite.
+    store: Literal["auto", "files", "database"] = "auto"
+    #: Database store: a claim not finished within this many seconds (its instance died)
+    #: is taken again by another worker. Longer than any batch takes.
+    lease_seconds: float = Field(default=120.0, ge=1)
+    #: Database store: how often an idle worker looks for messages other instances accepted.
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
 
 
 class RelaySettings(_Model):
@@ -393,6 +403,24 @@ class Settings(_Model):
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def instance_name(self) -> str:
+        """This instance among several sharing a database: host and data dir."""
+        return f"{socket.gethostname()}:{self.data_dir}"
+
+    @property
+    def spool_idle_wait(self) -> float:
+        """How long an idle worker waits before looking at the spool again (a wake-up ends
+        the wait at once; other instances' messages in the database store do not wake it)."""
+        return self.spool.poll_interval if self.spool_store == "database" else 5.0
+
+    @property
+    def spool_store(self) -> Literal["files", "database"]:
+        """``spool.store`` with "auto" resolved (database on PostgreSQL)."""
+        if self.spool.store != "auto":
+            return self.spool.store
+        return "files" if self.database_url.startswith("sqlite") else "database"
 
     @property
     def messages_dir(self) -> Path:

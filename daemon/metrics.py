@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from daemon.config import Settings
 from daemon.db.models import database_proxy
-from daemon.status import db_snapshot, spool_snapshot
+from daemon.status import db_snapshot, spool_status
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class EleadsCollector(Collector):
         yield from (reloads, restarts, started)
 
     def _spool(self) -> Iterator[Metric]:
-        snap = spool_snapshot(self.sources.settings().spool_dir)
+        snap = spool_status(self.sources.settings())
         depth = GaugeMetricFamily(
             "eleads_spool_messages",
             "Messages in the spool by area: journal and queue (waiting), active (being "

@@ -17,17 +17,14 @@ already made (3) or the row already committed (1) and finishes without doubling 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from pathlib import Path
 from typing import Any
 
 import peewee as pw
@@ -50,7 +47,7 @@ from daemon.notify.outbox import queue_for_elead
 from daemon.parse import parse_message
 from daemon.parse.model import ParseContext, ParseResult
 from daemon.routing import route_recipient
-from daemon.spool import Envelope, Spool, SpoolEntry
+from daemon.spool import Envelope, SpoolEntry, SpoolStore
 from daemon.visits.links import index_elead
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,7 @@ class _Prepared:
     entry: SpoolEntry
     key: str
     size: int
-    raw_path: Path
+    raw_path: str
     result: ParseResult
     account_id: str | None
     location: str | None
@@ -159,26 +156,13 @@ def dedupe_key(raw: bytes) -> str:
 class Pipeline:
     """Turns claimed spool entries into database rows; see the module docstring."""
 
-    def __init__(self, *, settings: Settings, spool: Spool, rules: Any = None) -> None:
+    def __init__(self, *, settings: Settings, spool: SpoolStore, rules: Any = None) -> None:
         self.settings = settings
         self.spool = spool
         self.rules = rules
 
-    def _archive(self, entry: SpoolEntry, *, repair: bool = False) -> Path:
-        day = datetime.now(UTC)
-        folder = self.settings.messages_dir / f"{day:%Y}" / f"{day:%m}"
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{entry.id}.msg"
-        # On a retry after a crash the link from the first attempt is already there.
-        with contextlib.suppress(FileExistsError):
-            os.link(entry.path, target)
-        if repair and target.stat().st_size != entry.path.stat().st_size:
-            tmp = target.with_suffix(".repair")
-            tmp.unlink(missing_ok=True)
-            os.link(entry.path, tmp)
-            os.replace(tmp, target)
-            log.warning("event=archive_repaired spool_id=%s", entry.id)
-        return target
+    def _archive(self, entry: SpoolEntry, *, repair: bool = False) -> str:
+        return self.spool.archive(entry, self.settings.messages_dir, repair=repair)
 
     def _account_for(self, envelope: Envelope) -> tuple[str | None, str | None]:
         if envelope.account:
@@ -242,10 +226,10 @@ class Pipeline:
                 for item in prepared:
                     results[item.entry.id] = exc
         accounts = {item.entry.id: item.account_id for item in prepared}
+        self.spool.complete_many([e for e in entries if isinstance(results[e.id], Outcome)])
         for entry in entries:
             outcome = results[entry.id]
             if isinstance(outcome, Outcome):
-                self.spool.complete(entry)
                 log.info(
                     "event=message_processed spool_id=%s message_id=%s listener=%s "
                     "account=%s outcome=%s elead=%s detail=%s",

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from daemon.db.thread import DBThread
 from daemon.errors import PermanentError
 from daemon.pipeline import Outcome, Pipeline
-from daemon.spool import Spool, SpoolEntry
+from daemon.spool import SpoolEntry, SpoolStore
 
 log = logging.getLogger(__name__)
 
 
-def settle(spool: Spool, entry: SpoolEntry, result: Outcome | Exception) -> Outcome:
+def settle(spool: SpoolStore, entry: SpoolEntry, result: Outcome | Exception) -> Outcome:
     """Turn a failed entry into a deferred (or failed) one and report it as an Outcome."""
     if isinstance(result, Outcome):
         return result
@@ -41,7 +41,7 @@ def settle(spool: Spool, entry: SpoolEntry, result: Outcome | Exception) -> Outc
 
 
 def process_or_defer_batch(
-    pipeline: Pipeline, spool: Spool, entries: list[SpoolEntry]
+    pipeline: Pipeline, spool: SpoolStore, entries: list[SpoolEntry]
 ) -> list[Outcome]:
     """Process claimed entries; failures stay retryable. Never raises for one message."""
     try:
@@ -51,7 +51,7 @@ def process_or_defer_batch(
     return [settle(spool, entry, result) for entry, result in zip(entries, results, strict=True)]
 
 
-def process_or_defer(pipeline: Pipeline, spool: Spool, entry: SpoolEntry) -> Outcome:
+def process_or_defer(pipeline: Pipeline, spool: SpoolStore, entry: SpoolEntry) -> Outcome:
     return process_or_defer_batch(pipeline, spool, [entry])[0]
 
 
@@ -59,7 +59,7 @@ class SpoolRunner:
     def __init__(
         self,
         *,
-        spool: Spool,
+        spool: SpoolStore,
         pipeline: Pipeline,
         db_thread: DBThread,
         batch: int = 32,

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import peewee as pw
 
@@ -21,8 +21,10 @@ from daemon.db.models import Account, Location, database_proxy
 from daemon.errors import ConfigError, UsageError
 from daemon.parse.rules import RuleSet
 from daemon.parse.rules import load_rules as load_rule_files
-from daemon.pipeline import Pipeline
-from daemon.spool import Spool
+from daemon.spool import Spool, SpoolStore
+
+if TYPE_CHECKING:
+    from daemon.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,24 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     db: pw.Database
-    spool: Spool
-    pipeline: Pipeline
+    spool: SpoolStore
     rules: Any
+    _pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """Built on first use: the daemon process of ``spool.worker: process`` never
+        processes a message itself, and importing the pipeline (parsing, matching,
+        conversion, reply commands) would cost it about 6 MiB of RSS."""
+        if self._pipeline is None:
+            from daemon.pipeline import Pipeline
+
+            self._pipeline = Pipeline(settings=self.settings, spool=self.spool, rules=self.rules)
+        return self._pipeline
+
+    def reload(self, settings: Settings, rules: Any) -> None:
+        """New settings and rules; the pipeline is rebuilt with them on next use."""
+        self.settings, self.rules, self._pipeline = settings, rules, None
 
     def close(self) -> None:
         self.spool.close()
@@ -63,6 +80,26 @@ def sync_accounts(settings: Settings) -> None:
                 ).execute()
 
 
+def make_spool(settings: Settings) -> SpoolStore:
+    """The spool ``spool.store`` asks for (the database must be open for "database")."""
+    common: dict[str, Any] = {
+        "max_attempts": settings.spool.max_attempts,
+        "retry_base": settings.spool.retry_base,
+        "retry_max": settings.spool.retry_max,
+        "group_commit_ms": settings.spool.group_commit_ms,
+    }
+    if settings.spool_store == "database":
+        from daemon.spool.database import DatabaseSpool
+
+        return DatabaseSpool(
+            files_root=settings.spool_dir,
+            lease_seconds=settings.spool.lease_seconds,
+            instance=settings.instance_name,
+            **common,
+        )
+    return Spool(settings.spool_dir, **common)
+
+
 def open_runtime(settings: Settings) -> Runtime:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,16 +107,8 @@ def open_runtime(settings: Settings) -> Runtime:
         raise ConfigError(f"data_dir {settings.data_dir}: {exc.strerror or exc}") from None
     db = open_database(settings.database_url)
     sync_accounts(settings)
-    spool = Spool(
-        settings.spool_dir,
-        max_attempts=settings.spool.max_attempts,
-        retry_base=settings.spool.retry_base,
-        retry_max=settings.spool.retry_max,
-        group_commit_ms=settings.spool.group_commit_ms,
-    )
-    rules = load_rules(settings)
-    pipeline = Pipeline(settings=settings, spool=spool, rules=rules)
-    return Runtime(settings=settings, db=db, spool=spool, pipeline=pipeline, rules=rules)
+    spool = make_spool(settings)
+    return Runtime(settings=settings, db=db, spool=spool, rules=load_rules(settings))
 
 
 class DataDirLock:

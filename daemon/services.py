@@ -165,10 +165,7 @@ def show_elead(settings: Settings, public_id: str) -> dict[str, Any]:
 
 def spool_counts(settings: Settings) -> dict[str, int]:
     with _runtime(settings) as runtime:
-        spool = runtime.spool
-        return {
-            name: len(list(spool.dir(name).glob("*.msg"))) for name in ("queue", "active", "failed")
-        }
+        return runtime.spool.counts()
 
 
 def failed_messages(settings: Settings) -> list[dict[str, Any]]:

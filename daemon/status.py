@@ -76,6 +76,18 @@ def spool_snapshot(spool_dir: Path, *, now: float | None = None) -> dict[str, An
     return out
 
 
+def spool_status(settings: Settings, *, now: float | None = None) -> dict[str, Any]:
+    """:func:`spool_snapshot` of the configured store (the database one: connected by the
+    caller)."""
+    if settings.spool_store == "database":
+        from daemon.spool import database
+
+        if not _table_exists(models.SpoolMessage):
+            return {"queue": 0, "active": 0, "failed": 0, "journal": 0, "oldest_age_seconds": 0.0}
+        return database.snapshot(now=now)
+    return spool_snapshot(settings.spool_dir, now=now)
+
+
 # --- database -----------------------------------------------------------------------
 
 
@@ -206,7 +218,7 @@ def collect_status(settings: Settings, *, running: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
         "daemon": daemon,
         "listeners": (live or {}).get("listeners", []) if running else [],
-        "spool": spool_snapshot(settings.spool_dir, now=now),
+        "spool": spool_status(settings, now=now),
         "imap": imap_snapshot(settings, live if running else None),
     }
     db = db_snapshot()

@@ -37,7 +37,6 @@ log = logging.getLogger("daemon.worker")
 
 #: Messages per transaction, at most: under a backlog, fewer commits (each an fsync).
 BATCH = 64
-IDLE_WAIT = 5.0
 
 
 class _Stop:
@@ -107,7 +106,8 @@ def _loop(runtime: Runtime, stop: _Stop) -> None:
                     break
                 continue
             due = runtime.spool.next_due_in()
-            timeout = IDLE_WAIT if due is None else min(IDLE_WAIT, max(due, 0.05))
+            idle = runtime.settings.spool_idle_wait
+            timeout = idle if due is None else min(idle, max(due, 0.05))
             if not _wait_for_wakeup(timeout):
                 break
     except OSError as exc:

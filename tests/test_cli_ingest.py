@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from daemon.config import load_settings
+from daemon.db.models import InboundMessage
+from daemon.runtime import open_runtime
+from daemon.spool.database import read_archived
+
 from .mail import lead_bytes
 
 ELEADS = [sys.executable, "-m", "daemon.cli"]
@@ -61,6 +66,15 @@ def test_ingest_files_folders_mbox_and_maildir(make_config: Any, tmp_path: Path)
     assert shown["account"] == "demo"
 
 
+def archived_raws(config: Path) -> list[bytes]:
+    """The raw bytes kept of every received message (archive files or database rows)."""
+    runtime = open_runtime(load_settings(config))
+    try:
+        return [read_archived(row.raw_path) for row in InboundMessage.select()]
+    finally:
+        runtime.close()
+
+
 def test_ingest_non_leads_are_dropped_but_kept(make_config: Any, tmp_path: Path) -> None:
     config = make_config()
     raw = (
@@ -71,8 +85,7 @@ def test_ingest_non_leads_are_dropped_but_kept(make_config: Any, tmp_path: Path)
     (tmp_path / "bounce.eml").write_bytes(raw)
     (line,) = ingest(config, tmp_path / "bounce.eml")
     assert line["outcome"] == "dropped" and line["elead"] is None
-    archived = list((tmp_path / "var" / "messages").rglob("*.msg"))
-    assert len(archived) == 1 and archived[0].read_bytes().endswith(raw)
+    assert archived_raws(config) == [raw]
 
 
 def test_ingest_force_account_and_errors(make_config: Any, tmp_path: Path) -> None:
@@ -128,7 +141,7 @@ def test_unparseable_lead_is_kept_as_failed_parse(make_config: Any, tmp_path: Pa
     shown = json.loads(cli("show", line["elead"], "--config", str(config), "--json").stdout)
     assert shown["state"] == "failed_parse"
     assert any("ADF refused" in p for p in shown["problems"])
-    assert Path(shown["raw_path"]).read_bytes().endswith(raw)
+    assert archived_raws(config) == [raw] and shown["raw_path"]
 
 
 def test_output_cut_short_by_a_pipe_is_quiet(make_config: Any, tmp_path: Path) -> None:

@@ -16,10 +16,18 @@ import pytest
 
 from daemon import convert
 from daemon.config import load_settings
-from daemon.db.models import AuditEvent, ELead, InboundMessage, LeadSource, Prospect
+from daemon.db.models import (
+    AuditEvent,
+    ELead,
+    InboundMessage,
+    LeadSource,
+    Prospect,
+    SpoolMessage,
+)
 from daemon.runner import process_or_defer
 from daemon.runtime import open_runtime
 from daemon.spool import Envelope
+from daemon.spool.database import DatabaseSpool
 
 ELEADS = [sys.executable, "-m", "daemon.cli"]
 
@@ -290,9 +298,12 @@ def test_retry_after_a_crash_past_the_commit_reports_the_real_outcome(
     assert claimed is not None
     first = process_or_defer(runtime.pipeline, runtime.spool, claimed)
     assert first.outcome == "created" and first.prospect is not None
-    # As if the process died between the commit and removing the spool file:
-    archived = next(load_settings(config).messages_dir.rglob(f"{entry.id}.msg"))
-    (runtime.spool.dir("queue") / archived.name).write_bytes(archived.read_bytes())
+    # As if the process died between the commit and taking the message off the queue:
+    if isinstance(runtime.spool, DatabaseSpool):
+        SpoolMessage.update(state="queued").where(SpoolMessage.id == entry.id).execute()
+    else:
+        archived = next(load_settings(config).messages_dir.rglob(f"{entry.id}.msg"))
+        (runtime.spool.dir("queue") / archived.name).write_bytes(archived.read_bytes())
     again = process_or_defer(runtime.pipeline, runtime.spool, runtime.spool.claim(entry.id))
     assert (again.outcome, again.elead, again.prospect) == ("created", first.elead, first.prospect)
     assert Prospect.select().count() == 1 and LeadSource.select().count() == 1

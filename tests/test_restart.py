@@ -16,6 +16,7 @@ from typing import Any
 from daemon.config import load_settings
 from daemon.db import open_database
 from daemon.db.models import InboundMessage
+from daemon.runtime import make_spool
 
 from .conftest import free_port
 from .mail import lead_bytes, wait_for
@@ -76,20 +77,23 @@ def test_sigkill_mid_run_then_restart_loses_nothing(make_config: Any, tmp_path: 
 
     proc = start_serve(config, port, log)
     try:
-        data_dir = tmp_path / "var"
-        db = open_database(load_settings(config).database_url)
+        settings = load_settings(config)
+        db = open_database(settings.database_url)
+        spool = make_spool(settings)  # the files or the database, as the daemon uses
 
         def drained() -> bool:
-            spool = data_dir / "spool"
-            return not any(any((spool / d).glob("*.msg")) for d in ("queue", "active"))
+            counts = spool.counts()
+            return counts["queue"] + counts["active"] == 0
 
         wait_for(drained, timeout=60, what="spool drained after restart")
         stored = [r.message_id for r in InboundMessage.select(InboundMessage.message_id)]
+        failed = spool.counts()["failed"]
+        spool.close()
         db.close()
         assert len(stored) == len(set(stored)), "a message was processed twice"
         missing = set(acked) - set(stored)
         assert not missing, f"accepted with 250 but lost: {sorted(missing)[:5]}"
-        assert not list((data_dir / "spool" / "failed").glob("*.msg"))
+        assert failed == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -13,9 +13,14 @@ import pytest
 
 from daemon.db.models import ELead, InboundMessage
 from daemon.pipeline import Pipeline
-from daemon.spool import Spool, read_spool_file
+from daemon.spool import Spool, SpoolStore
+from daemon.spool.database import DatabaseSpool, read_archived
 
 from .mail import FIXTURES, counts, lead_bytes, processed, wait_for
+
+#: Both spool stores: the one the test database selects (files on SQLite, the database
+#: on PostgreSQL) is the one patched in effect.
+STORES: tuple[type[SpoolStore], ...] = (Spool, DatabaseSpool)
 
 LEAD = (FIXTURES / "smtp" / "lead_simple.eml").read_bytes()
 
@@ -55,12 +60,12 @@ def test_accepted_lead_is_spooled_then_stored(
     assert row.listener == "smtp" and row.rcpt_tos == ["leads@demo.example"]
     assert row.mail_from == "forms@acme-roofing.example"
     # The raw bytes are kept exactly as received, outside the spool.
-    assert read_spool_file(Path(row.raw_path))[1] == LEAD
+    assert read_archived(row.raw_path) == LEAD
     elead = ELead.get(ELead.message == row)
     assert elead.account_id == "demo" and elead.state == "converted"
     assert elead.prospect is not None  # a new prospect: nobody to match yet
     assert elead.message_id == "form-0001@acme-roofing.example"
-    assert not list(daemon.daemon.runtime.spool.dir("queue").iterdir())
+    assert daemon.daemon.runtime.spool.queued_ids() == []
 
 
 def test_unknown_recipient_is_refused_550_never_relayed(make_config: Any, run_daemon: Any) -> None:
@@ -104,13 +109,14 @@ def test_250_is_only_sent_after_the_spool_write(
     make_config: Any, run_daemon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real_append = Spool._append
+    for store in STORES:
+        real_store = store._store_batch
 
-    def slow_append(self: Spool, bodies: Any) -> Any:
-        release.wait(10)
-        return real_append(self, bodies)
+        def slow_store(self: SpoolStore, items: Any, real: Any = real_store) -> Any:
+            release.wait(10)
+            return real(self, items)
 
-    monkeypatch.setattr(Spool, "_append", slow_append)
+        monkeypatch.setattr(store, "_store_batch", slow_store)
     daemon = run_daemon(make_config())
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(id=send(daemon.smtp_port, LEAD)))
@@ -126,10 +132,11 @@ def test_250_is_only_sent_after_the_spool_write(
 def test_spool_failure_answers_451_not_5xx(
     make_config: Any, run_daemon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(self: Spool, bodies: Any) -> Any:
+    def broken(self: SpoolStore, items: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Spool, "_append", broken)
+    for store in STORES:
+        monkeypatch.setattr(store, "_store_batch", broken)
     daemon = run_daemon(make_config())
     with pytest.raises(smtplib.SMTPDataError) as info:
         send(daemon.smtp_port, LEAD)
@@ -168,12 +175,8 @@ def test_duplicate_delivery_gives_one_elead(make_config: Any, run_daemon: Any) -
     second = send(daemon.smtp_port, again)
     assert first != second
     wait_for(lambda: processed(first))
-    wait_for(
-        lambda: (
-            not daemon.daemon.runtime.spool.queued_ids()
-            and not list(daemon.daemon.runtime.spool.dir("active").iterdir())
-        )
-    )
+    spool = daemon.daemon.runtime.spool
+    wait_for(lambda: spool.counts()["queue"] + spool.counts()["active"] == 0)
     assert counts() == (1, 1)
 
 
@@ -197,7 +200,7 @@ def test_smtputf8_and_8bit_bodies(make_config: Any, run_daemon: Any) -> None:
     wait_for(lambda: counts()[0] == 1)
     row = InboundMessage.get()
     assert row.mail_from == "josé@example.org"
-    assert read_spool_file(Path(row.raw_path))[1] == raw
+    assert read_archived(row.raw_path) == raw
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlsplit, urlunsplit
@@ -61,6 +62,9 @@ PG_CONNECT_TIMEOUT = 10
 #: another application's locks in a shared database; the second key says what is locked.
 ADVISORY_NAMESPACE = 0x654C0000
 ADVISORY_ACCOUNT = ADVISORY_NAMESPACE + 1
+ADVISORY_MIGRATE = ADVISORY_NAMESPACE + 2
+#: The scheduler's leader lock (distinct from the account locks' key space).
+ADVISORY_LEADER = ADVISORY_NAMESPACE + 3
 
 
 def redact_url(url: str) -> str:
@@ -183,8 +187,50 @@ def lock_account(account_id: str) -> None:
     )
 
 
+def hold_leader_lock(job: str = "scheduler") -> bool:
+    """True while this connection leads the scheduled jobs among instances sharing the
+    database: a PostgreSQL session advisory lock, taken if free and kept until the
+    connection ends, so a dead leader's lock is released with its connection and the next
+    instance that asks becomes the leader. SQLite has one daemon per database: always True.
+    """
+    if not isinstance(database_proxy.obj, pw.PostgresqlDatabase):
+        return True
+    held = database_proxy.execute_sql(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND pid = pg_backend_pid() AND classid = CAST(%s AS integer)::oid"
+        " AND objid = hashtext(%s)::oid"
+        " AND objsubid = 2)",
+        (ADVISORY_LEADER, job),
+    ).fetchone()[0]
+    if held:
+        return True
+    taken = database_proxy.execute_sql(
+        "SELECT pg_try_advisory_lock(CAST(%s AS integer), hashtext(%s))", (ADVISORY_LEADER, job)
+    ).fetchone()[0]
+    return bool(taken)
+
+
+@contextlib.contextmanager
+def _migration_lock(db: pw.Database) -> Iterator[None]:
+    """Instances starting together on one PostgreSQL migrate one after the other."""
+    if not isinstance(db, pw.PostgresqlDatabase):
+        yield
+        return
+    run: Any = db.execute_sql
+    run("SELECT pg_advisory_lock(CAST(%s AS integer), 0)", (ADVISORY_MIGRATE,))
+    try:
+        yield
+    finally:
+        run("SELECT pg_advisory_unlock(CAST(%s AS integer), 0)", (ADVISORY_MIGRATE,))
+
+
 def migrate(db: pw.Database) -> int:
     """Bring the schema to the newest version; return that version."""
+    with _migration_lock(db):
+        return _migrate(db)
+
+
+def _migrate(db: pw.Database) -> int:
     migrations = discover()
     newest = migrations[-1].version
     with db.atomic():

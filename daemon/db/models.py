@@ -375,3 +375,52 @@ VISIT_MODELS: tuple[type[BaseModel], ...] = (
     ReturnAlert,
 )
 MODELS = (*MODELS, *VISIT_MODELS)
+
+
+SPOOL_STATES = ("queued", "active", "done", "failed")
+
+
+class SpoolMessage(BaseModel):
+    """A received message in the database spool (``spool.store: database``).
+
+    Any instance sharing the database can finish what another accepted: a claim sets
+    ``state='active'`` with a lease, and a claim whose lease ran out (its instance died)
+    is taken again. Finished rows stay as ``done``: their ``content`` is the message archive
+    (``InboundMessage.raw_path`` = ``db:spool_message/<id>``).
+    """
+
+    id = CharField(max_length=64, primary_key=True)
+    state = CharField(max_length=8, default="queued")
+    envelope = JSONField()
+    content = pw.BlobField()  # the message as received (not ``raw``: a Model method)
+    size = pw.IntegerField()
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DoubleField(default=0.0)  # epoch seconds
+    claimed_by = CharField(max_length=128, null=True)
+    lease_until = pw.DoubleField(null=True)  # epoch seconds
+    last_error = pw.TextField(null=True)
+    received_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("state", "id"), False),)
+
+
+class JobRun(BaseModel):
+    """One run of a scheduled job. ``(job, tick)`` is unique: whichever instance runs a
+    tick first records it, any other instance skips that tick."""
+
+    id = pw.AutoField()
+    job = CharField(max_length=32)
+    tick = pw.BigIntegerField()
+    instance = CharField(max_length=128)
+    started_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+    outcome = CharField(max_length=16, null=True)
+
+    class Meta:
+        indexes = ((("job", "tick"), True),)
+
+
+SCALING_MODELS: tuple[type[BaseModel], ...] = (SpoolMessage, JobRun)
+MODELS = (*MODELS, *SCALING_MODELS)

@@ -63,7 +63,7 @@ from daemon.inbound.imap_state import (
     save_state,
 )
 from daemon.pipeline import header_message_id
-from daemon.spool import Spool
+from daemon.spool import SpoolStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class IMAPPoller:
         self,
         *,
         mailbox: IMAPMailbox,
-        spool: Spool,
+        spool: SpoolStore,
         state_dir: Path,
         reconnect_min: float = 1.0,
         reconnect_max: float = 300.0,

@@ -36,7 +36,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from daemon.config import Settings, SMTPSettings
 from daemon.routing import route_recipient
-from daemon.spool import Envelope, Spool
+from daemon.spool import Envelope, SpoolStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class InboundHandler:
         self,
         *,
         settings: Settings,
-        spool: Spool,
+        spool: SpoolStore,
         listener: str = "smtp",
         stats: ListenerStats | None = None,
     ) -> None:
@@ -311,7 +311,7 @@ class SMTPListener:
         self,
         *,
         settings: Settings,
-        spool: Spool,
+        spool: SpoolStore,
         handler: InboundHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -412,7 +412,7 @@ class SMTPListener:
 
 
 async def start_smtp_server(
-    *, settings: Settings, spool: Spool, handler: InboundHandler | None = None
+    *, settings: Settings, spool: SpoolStore, handler: InboundHandler | None = None
 ) -> asyncio.Server:
     """Listen on the daemon's own loop (not aiosmtpd's Controller thread)."""
     return await SMTPListener(settings=settings, spool=spool, handler=handler).start()

@@ -40,7 +40,6 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescap
 
 from daemon.config import OutboundSettings, Settings
 from daemon.db.models import naive_utc
-from daemon.spool import read_spool_file
 
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: 7-bit output: bodies become quoted-printable/base64 when they are not plain ASCII.
@@ -192,17 +191,25 @@ def _set_headers(msg: EmailMessage, item: Outgoing, outbound: OutboundSettings) 
     msg["X-Auto-Response-Suppress"] = "All"
 
 
-def _attach_original(msg: EmailMessage, spool_path: str) -> bool:
-    """Attach the eLead's original message; False when its file is gone.
+def _original(path: str, originals: Mapping[str, bytes | None]) -> bytes | None:
+    """The archived original: preloaded by the caller (database archive) or its file."""
+    if path in originals:
+        return originals[path]
+    from daemon.spool.database import read_archived
+
+    try:
+        return read_archived(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _attach_original(msg: EmailMessage, raw: bytes) -> None:
+    """Attach the eLead's original message.
 
     A 7-bit clean original goes in as ``message/rfc822`` (shown inline by mail readers);
     anything else (8-bit bytes, overlong lines, typical of broken leads) as an opaque
     ``original.eml`` in base64, so it arrives byte for byte.
     """
-    try:
-        _, raw = read_spool_file(Path(spool_path))
-    except (OSError, ValueError):
-        return False
     clean = raw.isascii() and all(len(line) <= 998 for line in raw.splitlines())
     if clean:
         inner = BytesParser(policy=policy.compat32).parsebytes(raw)
@@ -211,27 +218,39 @@ def _attach_original(msg: EmailMessage, spool_path: str) -> bool:
         msg.add_attachment(
             raw, maintype="application", subtype="octet-stream", filename="original.eml"
         )
-    return True
+
+
+def original_paths(item: Outgoing) -> list[str]:
+    """Where the originals to attach are archived (``InboundMessage.raw_path`` values)."""
+    attachments = list(item.payload.get("attachments") or [])
+    return [str(a["path"]) for a in attachments if a.get("type") == "original" and a.get("path")]
 
 
 def build_message(
-    item: Outgoing, *, outbound: OutboundSettings, renderer: Renderer
+    item: Outgoing,
+    *,
+    outbound: OutboundSettings,
+    renderer: Renderer,
+    originals: Mapping[str, bytes | None] | None = None,
 ) -> EmailMessage:
-    """The complete email of one notification (may read an attachment from disk)."""
+    """The complete email of one notification.
+
+    ``originals``: the archived originals by path, when the caller read them already (the
+    database archive is read on the DB thread); others are read here, from their files.
+    """
     payload = item.payload
     context = dict(payload.get("context") or {})
-    attachments = list(payload.get("attachments") or [])
-    originals = [a for a in attachments if a.get("type") == "original" and a.get("path")]
-    attached = any(_probe(str(a["path"])) for a in originals)
+    raws = [_original(path, originals or {}) for path in original_paths(item)]
+    found = [raw for raw in raws if raw is not None]
+    attached = bool(found)
     context["attached"] = attached
     text, html = renderer.render(str(payload.get("template") or item.kind), context)
     msg = EmailMessage(policy=POLICY)
     _set_headers(msg, item, outbound)
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
-    if attached:
-        for spec in originals:
-            _attach_original(msg, str(spec["path"]))
+    for raw in found:
+        _attach_original(msg, raw)
     _drop_inner_mime_version(msg)
     _fix_boundaries(msg, item.message_id)
     return msg
@@ -261,7 +280,3 @@ def _drop_inner_mime_version(msg: EmailMessage) -> None:
         del part["MIME-Version"]
         if part.is_multipart():
             _drop_inner_mime_version(part)  # type: ignore[arg-type]
-
-
-def _probe(path: str) -> bool:
-    return Path(path).is_file()

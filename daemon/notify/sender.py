@@ -4,7 +4,9 @@ Life of a row (all DB work through the DB thread, each step its own short transa
 
 1. claim: due rows (``status='queued'`` and ``next_attempt_at <= now``) get a lease by
    moving ``next_attempt_at`` forward (a conditional UPDATE, so two senders never take
-   the same row); a crash mid-send leaves the row queued, due again when the lease ends;
+   the same row; on PostgreSQL the rows are read ``FOR UPDATE SKIP LOCKED``, so the
+   senders of several instances do not wait for each other); a crash mid-send leaves the
+   row queued, due again when the lease ends;
 2. build (render.py) and send (transport.py);
 3. only after the relay's 250 (or the fsynced Maildir file): ``sent``, ``sent_at``,
    ``path``. A transient failure counts an attempt and backs off exponentially up to
@@ -30,12 +32,20 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import peewee as pw
+
 from daemon.config import Settings
 from daemon.db import write_transaction
-from daemon.db.models import Notification, utcnow
+from daemon.db.models import Notification, database_proxy, utcnow
 from daemon.db.thread import DBThread
 from daemon.errors import PermanentError, TransientError
-from daemon.notify.render import Outgoing, Renderer, build_message, templates_dir_for
+from daemon.notify.render import (
+    Outgoing,
+    Renderer,
+    build_message,
+    original_paths,
+    templates_dir_for,
+)
 from daemon.notify.transport import SendResult, Transport, make_transport
 
 log = logging.getLogger(__name__)
@@ -66,6 +76,9 @@ def claim_due(*, now: datetime, limit: int, lease: timedelta) -> list[Outgoing]:
             .order_by(Notification.next_attempt_at, Notification.id)
             .limit(limit)
         )
+        if isinstance(database_proxy.obj, pw.PostgresqlDatabase):
+            # Several instances: each takes rows nobody else is taking, without waiting.
+            due = due.for_update(skip_locked=True)
         for row in list(due):
             taken = (
                 Notification.update(next_attempt_at=until)
@@ -151,6 +164,21 @@ def release(ids: list[int], *, now: datetime) -> None:
             Notification.update(next_attempt_at=now).where(
                 Notification.id.in_(ids) & (Notification.status == "queued")
             ).execute()
+
+
+def archived_originals(item: Outgoing) -> dict[str, bytes | None]:
+    """Originals archived in the database (``spool.store: database``), read here on the
+    DB thread so that rendering in a worker thread needs no connection of its own."""
+    from daemon.spool.database import ARCHIVE_PREFIX, read_archived
+
+    found: dict[str, bytes | None] = {}
+    for path in original_paths(item):
+        if path.startswith(ARCHIVE_PREFIX):
+            try:
+                found[path] = read_archived(path)
+            except FileNotFoundError:
+                found[path] = None
+    return found
 
 
 def next_due_in(*, now: datetime) -> float | None:
@@ -281,8 +309,13 @@ class OutboxSender:
     async def _send_one(self, item: Outgoing) -> bool:
         started = time.monotonic()
         try:
+            originals = await self.db_thread.run(archived_originals, item)
             message = await asyncio.to_thread(
-                build_message, item, outbound=self.settings.outbound, renderer=self.renderer
+                build_message,
+                item,
+                outbound=self.settings.outbound,
+                renderer=self.renderer,
+                originals=originals,
             )
         except Exception as exc:  # noqa: BLE001 - a broken template fails this row only
             await self._failed(item, f"render: {type(exc).__name__}: {exc}")

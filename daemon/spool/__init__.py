@@ -17,6 +17,7 @@ synced together, then all of them are acknowledged.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import fcntl
@@ -81,9 +82,10 @@ class RetryState:
 @dataclass(frozen=True)
 class SpoolEntry:
     id: str
-    path: Path
+    path: Path  # the claimed file (file store); a placeholder in the database store
     envelope: Envelope
     attempts: int = 0
+    raw: bytes | None = field(default=None, repr=False)  # database store: read with the claim
 
 
 def new_spool_id() -> str:
@@ -118,12 +120,17 @@ def read_spool_file(path: Path) -> tuple[Envelope, bytes]:
     return envelope, raw
 
 
-class Spool:
-    """Durable message store with group commit, claims, retries and a failed area."""
+class SpoolStore(abc.ABC):
+    """What the listeners, the worker and the CLI need from a spool, whatever holds it.
+
+    Two stores: :class:`Spool` (files under ``data_dir/spool``, the default) and
+    :class:`daemon.spool.database.DatabaseSpool` (rows of the shared database, for several
+    instances on PostgreSQL). Both acknowledge only what is durable, group concurrent
+    writers into one durable write, and hand out claims that a crash gives back.
+    """
 
     def __init__(
         self,
-        root: Path,
         *,
         max_attempts: int = 5,
         retry_base: float = 30.0,
@@ -131,32 +138,16 @@ class Spool:
         group_commit_ms: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.root = root
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.group_commit_window = group_commit_ms / 1000.0
         self.clock = clock
-        self._dirs = {name: root / name for name in _SUBDIRS}
-        for path in self._dirs.values():
-            path.mkdir(parents=True, exist_ok=True)
         self._pending: list[tuple[bytes, dict[str, Any], asyncio.Future[SpoolEntry]]] = []
         self._flush_task: asyncio.Task[None] | None = None
-        # Both journal ends are opened on first use: the writer by put() (the listener),
-        # the reader by claim_due() (the worker); CLI commands touch neither.
-        self._writer: JournalWriter | None = None
-        self._reader: JournalReader | None = None
-        self._journal_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eleads-journal")
-        self._fsyncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eleads-fsync")
         self._listeners: list[Callable[[], None]] = []
-        # Worker side: the queue's ids, oldest first, so that a batch does not list and
-        # sort a directory of tens of thousands of files; rebuilt from disk at least every
-        # second for files other processes add (CLI ingest, requeue).
-        self._known_queue: deque[str] = deque()
-        self._known_queue_at = float("-inf")
-
-    def dir(self, name: str) -> Path:
-        return self._dirs[name]
+        # One thread does the durable writes of put(): one batch at a time, in order.
+        self._write_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eleads-spool")
 
     # -- accepting ----------------------------------------------------------------
 
@@ -165,7 +156,7 @@ class Spool:
         self._listeners.append(callback)
 
     async def put(self, raw: bytes, envelope: Envelope) -> SpoolEntry:
-        """Store durably; returns only once the message is on disk (group commit)."""
+        """Store durably; returns only once the message is durable (group commit)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SpoolEntry] = loop.create_future()
         self._pending.append((raw, envelope.to_json(), future))
@@ -176,7 +167,7 @@ class Spool:
     async def _flush_soon(self) -> None:
         if self.group_commit_window:
             await asyncio.sleep(self.group_commit_window)
-        # Natural batching: whatever arrives during one journal append is the next batch.
+        # Natural batching: whatever arrives during one durable write is the next batch.
         while self._pending:
             batch, self._pending = self._pending, []
             await self._commit(batch)
@@ -186,9 +177,8 @@ class Spool:
     ) -> None:
         loop = asyncio.get_running_loop()
         items = [(new_spool_id(), raw, env) for raw, env, _ in batch]
-        bodies = [_body(spool_id, raw, env) for spool_id, raw, env in items]
         try:
-            await loop.run_in_executor(self._journal_io, self._append, bodies)
+            await loop.run_in_executor(self._write_io, self._store_batch, items)
         except Exception as exc:  # noqa: BLE001 - every writer must hear about it
             log.error("event=spool_write_failed count=%d error=%r", len(batch), exc)
             for _, _, fut in batch:
@@ -200,6 +190,132 @@ class Spool:
                 fut.set_result(self._entry(spool_id, env))
         for callback in self._listeners:
             callback()
+
+    @abc.abstractmethod
+    def _store_batch(self, items: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+        """Make (id, raw, envelope) items durable, all or none; runs in the write thread."""
+
+    @abc.abstractmethod
+    def _entry(self, spool_id: str, env: dict[str, Any]) -> SpoolEntry: ...
+
+    @abc.abstractmethod
+    def put_sync(self, raw: bytes, envelope: Envelope) -> SpoolEntry:
+        """Blocking variant for the CLI: one message, durable on return."""
+
+    # -- claiming and finishing ---------------------------------------------------
+
+    @abc.abstractmethod
+    def recover(self) -> int:
+        """At the daemon's start: bring back what a crash left half-done."""
+
+    @abc.abstractmethod
+    def recover_claims(self) -> int:
+        """A (re)started worker: hand back what a dead worker had claimed."""
+
+    def worker_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a worker while it may own claims (see :meth:`Spool.worker_lock`)."""
+        return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    def queued_ids(self) -> list[str]:
+        """Ids of the waiting messages, oldest first."""
+
+    @abc.abstractmethod
+    def claim(self, spool_id: str) -> SpoolEntry | None:
+        """Take one queued message; None if it is not (or no longer) queued."""
+
+    @abc.abstractmethod
+    def claim_due(self, limit: int = 100) -> list[SpoolEntry]:
+        """Claim up to ``limit`` messages that are due, oldest first."""
+
+    @abc.abstractmethod
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest waiting message is due (None: nothing waits)."""
+
+    @abc.abstractmethod
+    def read_raw(self, entry: SpoolEntry) -> bytes: ...
+
+    @abc.abstractmethod
+    def archive(self, entry: SpoolEntry, messages_dir: Path, *, repair: bool = False) -> str:
+        """Keep the raw message for good; returns what ``InboundMessage.raw_path`` holds."""
+
+    @abc.abstractmethod
+    def complete(self, entry: SpoolEntry) -> None:
+        """The message's effects are committed: it leaves the queue."""
+
+    def complete_many(self, entries: list[SpoolEntry]) -> None:
+        for entry in entries:
+            self.complete(entry)
+
+    def retry_delay(self, attempts: int) -> float:
+        return float(min(self.retry_max, self.retry_base * 2 ** (attempts - 1)))
+
+    @abc.abstractmethod
+    def defer(self, entry: SpoolEntry, reason: str) -> bool:
+        """Back to the queue with backoff; after max_attempts, failed. True if deferred."""
+
+    @abc.abstractmethod
+    def fail(self, entry: SpoolEntry, reason: str) -> None: ...
+
+    # -- the failed area and status -----------------------------------------------
+
+    @abc.abstractmethod
+    def failed(self) -> Iterator[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def requeue(self, spool_id: str) -> None:
+        """Give a failed message a fresh set of attempts."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Messages per area: queue, active, failed."""
+
+    def close(self) -> None:
+        self._write_io.shutdown(wait=True)
+
+
+class Spool(SpoolStore):
+    """Durable message store in files, with group commit, claims, retries and a failed area."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_attempts: int = 5,
+        retry_base: float = 30.0,
+        retry_max: float = 3600.0,
+        group_commit_ms: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            max_attempts=max_attempts,
+            retry_base=retry_base,
+            retry_max=retry_max,
+            group_commit_ms=group_commit_ms,
+            clock=clock,
+        )
+        self.root = root
+        self._dirs = {name: root / name for name in _SUBDIRS}
+        for path in self._dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        # Both journal ends are opened on first use: the writer by put() (the listener),
+        # the reader by claim_due() (the worker); CLI commands touch neither.
+        self._writer: JournalWriter | None = None
+        self._reader: JournalReader | None = None
+        self._fsyncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="eleads-fsync")
+        # Worker side: the queue's ids, oldest first, so that a batch does not list and
+        # sort a directory of tens of thousands of files; rebuilt from disk at least every
+        # second for files other processes add (CLI ingest, requeue).
+        self._known_queue: deque[str] = deque()
+        self._known_queue_at = float("-inf")
+
+    def dir(self, name: str) -> Path:
+        return self._dirs[name]
+
+    # -- accepting ----------------------------------------------------------------
+
+    def _store_batch(self, items: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+        self._append([_body(spool_id, raw, env) for spool_id, raw, env in items])
 
     def _append(self, bodies: list[bytes]) -> None:
         if self._writer is None:
@@ -427,6 +543,23 @@ class Spool:
     def read_raw(self, entry: SpoolEntry) -> bytes:
         return read_spool_file(entry.path)[1]
 
+    def archive(self, entry: SpoolEntry, messages_dir: Path, *, repair: bool = False) -> str:
+        """Hard-link the spool file into ``messages/YYYY/MM/`` (no copy, already durable)."""
+        day = datetime.now(UTC)
+        folder = messages_dir / f"{day:%Y}" / f"{day:%m}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{entry.id}.msg"
+        # On a retry after a crash the link from the first attempt is already there.
+        with contextlib.suppress(FileExistsError):
+            os.link(entry.path, target)
+        if repair and target.stat().st_size != entry.path.stat().st_size:
+            tmp = target.with_suffix(".repair")
+            tmp.unlink(missing_ok=True)
+            os.link(entry.path, tmp)
+            os.replace(tmp, target)
+            log.warning("event=archive_repaired spool_id=%s", entry.id)
+        return str(target)
+
     def complete(self, entry: SpoolEntry) -> None:
         """The message's effects are committed: forget it."""
         entry.path.unlink(missing_ok=True)
@@ -438,7 +571,7 @@ class Spool:
         if attempts >= self.max_attempts:
             self._move_to_failed(entry.id, entry.path, reason, attempts)
             return False
-        delay = min(self.retry_max, self.retry_base * 2 ** (attempts - 1))
+        delay = self.retry_delay(attempts)
         self._write_state(entry.id, RetryState(attempts, self.clock() + delay, reason))
         try:
             os.replace(entry.path, self._dirs["queue"] / entry.path.name)
@@ -514,8 +647,14 @@ class Spool:
         with self.worker_lock(exclusive=True):
             return self._return_active()
 
+    def counts(self) -> dict[str, int]:
+        return {
+            name: sum(1 for p in self._dirs[name].iterdir() if p.suffix == ".msg")
+            for name in ("queue", "active", "failed")
+        }
+
     def close(self) -> None:
-        self._journal_io.shutdown(wait=True)
+        super().close()
         self._fsyncers.shutdown(wait=True)
         if self._writer is not None:
             self._writer.close()

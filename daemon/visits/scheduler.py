@@ -21,8 +21,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.config import Settings
-from daemon.db import write_transaction
-from daemon.db.models import utcnow
+from daemon.db import hold_leader_lock, write_transaction
+from daemon.db.models import JobRun, utcnow
 from daemon.db.thread import DBThread
 from daemon.visits.job import (
     RunReport,
@@ -40,6 +40,30 @@ log = logging.getLogger(__name__)
 
 #: Tokens are purged this long after they expired.
 TOKEN_RETENTION = timedelta(days=90)
+
+
+def claim_tick(job: str, tick: int, instance: str) -> bool:
+    """May this instance run ``job`` for ``tick``? Only the leader may (see
+    :func:`daemon.db.hold_leader_lock`), and only once per tick: the ``job_run`` row,
+    unique per (job, tick), is the proof, so a tick a failed-over leader already ran
+    is not run again by the next one."""
+    if not hold_leader_lock():
+        return False
+    with write_transaction():
+        inserted = (
+            JobRun.insert(job=job, tick=tick, instance=instance)
+            .on_conflict_ignore()
+            .as_rowcount()
+            .execute()
+        )
+    return bool(inserted)
+
+
+def finish_tick(job: str, tick: int, outcome: str) -> None:
+    with write_transaction():
+        JobRun.update(finished_at=utcnow(), outcome=outcome).where(
+            (JobRun.job == job) & (JobRun.tick == tick)
+        ).execute()
 
 
 def _purge_tokens() -> int:
@@ -61,6 +85,7 @@ class VisitScheduler:
         self._scheduler: AsyncIOScheduler | None = None
         self._running: asyncio.Task[None] | None = None
         self.runs = 0
+        self.leader: bool | None = None  # None: not asked yet
 
     async def start(self) -> None:
         # APScheduler logs two INFO lines per run ("Running job", "executed successfully"):
@@ -122,18 +147,45 @@ class VisitScheduler:
             scheduler.shutdown(wait=False)
         log.info("event=scheduler_stopped")
 
+    async def _claim(self, job: str, period: float) -> int | None:
+        """The tick to run now, or None when another instance leads (or ran it)."""
+        tick = int(time.time() // period)
+        try:
+            mine = await self.db_thread.run(claim_tick, job, tick, self.settings.instance_name)
+        except Exception as exc:  # noqa: BLE001 - database away: the next tick asks again
+            log.warning("event=scheduler_tick_skipped job=%s reason=%r", job, exc)
+            return None
+        leader = mine or await self.db_thread.run(hold_leader_lock)
+        if leader != self.leader:
+            log.info(
+                "event=scheduler_leader leader=%s instance=%s", leader, self.settings.instance_name
+            )
+            self.leader = leader
+        return tick if mine else None
+
+    async def _finish(self, job: str, tick: int, outcome: str) -> None:
+        with contextlib.suppress(Exception):  # bookkeeping only
+            await self.db_thread.run(finish_tick, job, tick, outcome)
+
     async def _visits_tick(self) -> None:
         self._running = asyncio.current_task()
         try:
-            report = await self.run_visits()
-        except asyncio.CancelledError:
-            # Only shutdown cancels a run (after its grace time): nothing was committed
-            # for the batch in hand, the next start reads it again.
-            log.warning("event=visits_job_cancelled reason=shutdown")
-            return
-        except Exception:  # the daemon keeps serving; the next tick retries
-            log.exception("event=visits_job_failed")
-            return
+            tick = await self._claim("visits", self.settings.visits.interval_seconds)
+            if tick is None:
+                return
+            try:
+                report = await self.run_visits()
+            except asyncio.CancelledError:
+                # Only shutdown cancels a run (after its grace time): nothing was committed
+                # for the batch in hand, the next start reads it again.
+                log.warning("event=visits_job_cancelled reason=shutdown")
+                await self._finish("visits", tick, "cancelled")
+                return
+            except Exception:  # the daemon keeps serving; the next tick retries
+                log.exception("event=visits_job_failed")
+                await self._finish("visits", tick, "failed")
+                return
+            await self._finish("visits", tick, "ok")
         finally:
             self._running = None
         self.runs += 1
@@ -168,6 +220,9 @@ class VisitScheduler:
 
     async def _purge_tick(self) -> None:
         """Daily housekeeping: spent reply tokens, old visits of anonymous visitors."""
+        tick = await self._claim("purge", 86400.0)
+        if tick is None:
+            return
         try:
             purged = await self.db_thread.run(_purge_tokens)
             settings = await asyncio.to_thread(current_settings, self.settings)
@@ -176,3 +231,4 @@ class VisitScheduler:
             log.exception("event=purge_failed")
             return
         log.info("event=purged tokens=%d visit_sessions=%d", purged, visits)
+        await self._finish("purge", tick, "ok")
