@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -96,17 +96,21 @@ async def _sender(
 
 
 async def smtp_load(
-    port: int, count: int, connections: int, make: Callable[[int], bytes]
+    port: int | Sequence[int], count: int, connections: int, make: Callable[[int], bytes]
 ) -> tuple[float, dict[int, tuple[float, float]]]:
-    """Send messages 0..count-1 (``make(n)`` builds one) over persistent connections.
+    """Send messages 0..count-1 (``make(n)`` builds one) over persistent connections
+    (spread round robin over the ports when given several: one per instance).
 
     Returns the elapsed seconds and, per accepted n, (wall time of its 250, latency)."""
+    ports = [port] if isinstance(port, int) else list(port)
     jobs: asyncio.Queue[int] = asyncio.Queue()
     for n in range(count):
         jobs.put_nowait(n)
     accepted: dict[int, tuple[float, float]] = {}
     start = time.perf_counter()
-    await asyncio.gather(*(_sender(port, jobs, make, accepted) for _ in range(connections)))
+    await asyncio.gather(
+        *(_sender(ports[i % len(ports)], jobs, make, accepted) for i in range(connections))
+    )
     return time.perf_counter() - start, accepted
 
 

@@ -27,7 +27,6 @@ import functools
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,8 @@ from _support import (  # noqa: E402
     wait_stored,
 )
 from match import World, write_csv  # noqa: E402
+
+from tests.pg import PostgresCluster, find_bindir, query  # noqa: E402
 
 LABELS = {
     "first_name": "First Name",
@@ -75,12 +76,14 @@ def lead_email(n: int, lead: dict[str, Any], stamp: int) -> bytes:
     return (head + lines + f"Comments: {FILLER * 4}").encode()
 
 
-def write_config(tmp: Path, port: int) -> Path:
+def write_config(tmp: Path, port: int, url: str | None = None) -> Path:
     config = tmp / "config.yaml"
     everyone = "[sales@demo.example]"
+    tmp.mkdir(parents=True, exist_ok=True)
+    database = f"database: {{url: '{url}'}}\n" if url else ""
     config.write_text(
         f"data_dir: {tmp / 'var'}\nrules_dir: {ROOT / 'rules'}\nlogging: {{level: warning}}\n"
-        f"smtp: {{host: 127.0.0.1, port: {port}}}\n"
+        f"smtp: {{host: 127.0.0.1, port: {port}}}\n{database}"
         "visits: {enabled: false}\n"
         "accounts:\n  - id: demo\n    country: US\n    notifications:\n"
         f"      received: {everyone}\n      appointment: {everyone}\n"
@@ -135,21 +138,25 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_processed(db_path: Path, accepted: int, timeout: float = 600) -> None:
-    if wait_stored(db_path, accepted, timeout)[0] < accepted:
+def wait_processed(url: str, accepted: int, timeout: float = 600) -> None:
+    if url.startswith("sqlite:///"):
+        stored = wait_stored(Path(url[len("sqlite:///") :]), accepted, timeout)[0]
+    else:
+        deadline = time.monotonic() + timeout
+        while (stored := stored_count(url)) < accepted and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if stored < accepted:
         raise SystemExit(f"not every accepted message was processed within {timeout:.0f} s")
 
 
-def verify(db_path: Path, accepted_ids: set[str]) -> dict[str, int]:
+def verify(url: str, accepted_ids: set[str]) -> dict[str, int]:
     """Every accepted message is exactly one eLead; nothing else stored. Returns outcomes."""
-    with sqlite3.connect(db_path) as db:
-        rows = db.execute(
-            "select m.message_id, count(e.id) from inbound_message m "
-            "left join elead e on e.inbound_id = m.id group by m.id"
-        ).fetchall()
-        outcomes = dict(
-            db.execute("select outcome, count(*) from inbound_message group by outcome").fetchall()
-        )
+    rows = query(
+        url,
+        "select m.message_id, count(e.id) from inbound_message m "
+        "left join elead e on e.inbound_id = m.id group by m.id",
+    )
+    outcomes = dict(query(url, "select outcome, count(*) from inbound_message group by outcome"))
     stored = [mid for mid, _ in rows]
     problems = []
     if len(stored) != len(set(stored)):
@@ -165,27 +172,34 @@ def verify(db_path: Path, accepted_ids: set[str]) -> dict[str, int]:
     return outcomes
 
 
-def conversion_latencies(db_path: Path, accepted: dict[str, float]) -> list[float]:
-    with sqlite3.connect(db_path) as db:
-        rows = db.execute("select message_id, processed_at from inbound_message").fetchall()
-    out = []
-    for mid, processed in rows:
-        done = datetime.fromisoformat(processed).replace(tzinfo=UTC).timestamp()
-        out.append(max(0.0, done - accepted[mid]))
-    return out
+def _epoch(value: str | datetime) -> float:
+    """A stored naive-UTC time (text on SQLite, a datetime on PostgreSQL) as epoch seconds."""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return when.replace(tzinfo=UTC).timestamp()
 
 
-def last_processed(db_path: Path) -> float:
-    with sqlite3.connect(db_path) as db:
-        (value,) = db.execute("select max(processed_at) from inbound_message").fetchone()
-    return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp()
+def conversion_latencies(url: str, accepted: dict[str, float]) -> list[float]:
+    rows = query(url, "select message_id, processed_at from inbound_message")
+    return [max(0.0, _epoch(processed) - accepted[mid]) for mid, processed in rows]
+
+
+def last_processed(url: str) -> float:
+    ((value,),) = query(url, "select max(processed_at) from inbound_message")
+    return _epoch(value)
+
+
+def stored_count(url: str) -> int:
+    try:
+        return int(query(url, "select count(*) from inbound_message")[0][0])
+    except Exception:
+        return 0
 
 
 class Daemon:
     """``eleads serve`` in its own process, on a free port."""
 
-    def __init__(self, tmp: Path, config: Path, port: int) -> None:
-        self.db_path = tmp / "var" / "eleads.db"
+    def __init__(self, tmp: Path, config: Path, port: int, url: str | None = None) -> None:
+        self.url = url or f"sqlite:///{tmp / 'var' / 'eleads.db'}"
         self.port = port
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "serve", "--config", str(config)], cwd=ROOT
@@ -222,14 +236,14 @@ def run_load(args: argparse.Namespace, tmp: Path) -> None:
             smtp_load(port, len(payloads), args.connections, payloads.__getitem__)
         )
         ids = {f"load-{n}-{stamp}@bench.example": t250 for n, (t250, _) in accepted.items()}
-        wait_processed(daemon.db_path, len(ids))
-        end_to_end = len(ids) / (last_processed(daemon.db_path) - started)
+        wait_processed(daemon.url, len(ids))
+        end_to_end = len(ids) / (last_processed(daemon.url) - started)
         rss = daemon.peak_rss_mib()
         cpu = daemon.cpu()
     finally:
         code = daemon.stop()
-    outcomes = verify(daemon.db_path, set(ids))
-    latencies = conversion_latencies(daemon.db_path, ids)
+    outcomes = verify(daemon.url, set(ids))
+    latencies = conversion_latencies(daemon.url, ids)
     smtp = [lat for _, lat in accepted.values()]
     print(
         f"load: {len(payloads)} lead emails, {args.connections} connections, "
@@ -305,10 +319,10 @@ def run_soak(args: argparse.Namespace, tmp: Path) -> None:
             )
         )
         ids = {f"load-{n}-{stamp}@bench.example": t for n, (t, _) in accepted.items()}
-        wait_processed(daemon.db_path, len(ids))
+        wait_processed(daemon.url, len(ids))
     finally:
         code = daemon.stop()
-    verify(daemon.db_path, set(ids))
+    verify(daemon.url, set(ids))
     print(f"soak: {args.soak_minutes} min at {args.rate}/s, {len(ids)} leads accepted")
     print("  t(s)   RSS MiB (daemon, worker)   open fds (daemon, worker)")
     for at, rss, fds in samples:
@@ -324,6 +338,82 @@ def run_soak(args: argparse.Namespace, tmp: Path) -> None:
     print(f"  verified: every accepted message is exactly one eLead; exit status {code}")
 
 
+def run_instances(args: argparse.Namespace, tmp: Path) -> None:
+    """End-to-end leads/s with 1, 2, 3... instances on one PostgreSQL, beside one SQLite
+    daemon, all on the same leads and prospects in the same run."""
+    counts = [int(c) for c in args.instances.split(",")]
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("--database postgresql needs the PostgreSQL server (postgresql package)")
+    # Its own temp dir: as root the server runs as the postgres user, which cannot enter
+    # ours (mode 700).
+    pg_root = Path(tempfile.mkdtemp(prefix="eleads-bench-pg-"))
+    cluster = PostgresCluster(bindir, pg_root, durable=True)
+    cluster.start()
+    try:
+        world = World(args.seed)
+        base_url = cluster.new_database()
+        people = import_prospects(world, args.prospects, tmp, write_config(tmp, 0, base_url))
+        leads = make_leads(world, people, args.leads)
+        sqlite_config = write_config(tmp / "sqlite", 0)
+        done = eleads(
+            "prospects",
+            "import",
+            str(tmp / "prospects.csv"),
+            "--account",
+            "demo",
+            "--config",
+            str(sqlite_config),
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"prospects import failed: {done.stderr.strip()}")
+        base = base_url.rsplit("/", 1)[1]
+        results = []
+        for round_no, setup in enumerate([("sqlite", 1)] + [("postgresql", k) for k in counts]):
+            backend, k = setup
+            stamp = time.time_ns()
+            payloads = [lead_email(n, lead, stamp) for n, lead in enumerate(leads)]
+            if backend == "sqlite":
+                url, where = None, [tmp / "sqlite"]
+            else:
+                name = f"load{round_no}"
+                cluster.execute(f'CREATE DATABASE "{name}" TEMPLATE "{base}"')
+                url = cluster.url(name)
+                where = [tmp / f"{name}-{i}" for i in range(k)]
+            ports = [free_port() for _ in where]
+            configs = [write_config(w, p, url) for w, p in zip(where, ports, strict=True)]
+            daemons = [Daemon(w, c, p, url) for w, c, p in zip(where, configs, ports, strict=True)]
+            try:
+                started = time.time()
+                elapsed, accepted = asyncio.run(
+                    smtp_load(ports, len(payloads), args.connections, payloads.__getitem__)
+                )
+                ids = {f"load-{n}-{stamp}@bench.example": t for n, (t, _) in accepted.items()}
+                wait_processed(daemons[0].url, len(ids))
+                end_to_end = len(ids) / (last_processed(daemons[0].url) - started)
+                cpu = [sum(d.cpu()) for d in daemons]
+            finally:
+                codes = [d.stop() for d in daemons]
+            verify(daemons[0].url, set(ids))
+            latencies = conversion_latencies(daemons[0].url, ids)
+            results.append((backend, k, len(ids) / elapsed, end_to_end, latencies, cpu, codes))
+            label = f"{backend} x{k}"
+            print(
+                f"  {label:14} accepted {len(ids) / elapsed:6.0f} msg/s  end to end "
+                f"{end_to_end:5.0f} leads/s  250->convert p50 "
+                f"{percentile(latencies, 0.5):5.1f} s p99 {percentile(latencies, 0.99):5.1f} s  "
+                f"CPU/lead {sum(cpu) / len(ids) * 1000:.2f} ms  exit {codes}",
+                flush=True,
+            )
+    finally:
+        cluster.stop()
+        subprocess.run(["rm", "-rf", str(pg_root)], check=False)
+    print(
+        f"{args.leads} leads, {args.connections} connections, {args.prospects} prospects; "
+        "every accepted message verified as exactly one eLead in each round"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--leads", type=int, default=20000)
@@ -334,11 +424,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20, help="soak: leads per second")
     parser.add_argument("--sample", type=float, default=30, help="soak: seconds per sample")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: compare --instances counts on one PostgreSQL with one SQLite daemon",
+    )
+    parser.add_argument("--instances", default="1,2,3", help="with --database postgresql")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="eleads-load-"))
     try:
-        (run_soak if args.soak_minutes > 0 else run_load)(args, tmp)
+        if args.database == "postgresql":
+            run_instances(args, tmp)
+        else:
+            (run_soak if args.soak_minutes > 0 else run_load)(args, tmp)
     finally:
         if args.keep:
             print(f"kept {tmp}")

@@ -91,9 +91,12 @@ class PostgresCluster:
 
     host = "127.0.0.1"
 
-    def __init__(self, bindir: Path, root: Path) -> None:
+    def __init__(self, bindir: Path, root: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
         self.root = root
+        #: False for tests (no fsync: fast, and a crash only loses a throw-away cluster);
+        #: True for benchmarks, which must pay what a production server pays per commit.
+        self.durable = durable
         self.data = root / "data"
         self.log = root / "postgres.log"
         self.port = _free_port()
@@ -147,11 +150,10 @@ class PostgresCluster:
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.root),
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
             "max_connections": "300",
         }
+        if not self.durable:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         options = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
         log = self.log.open("ab")
         main = threading.current_thread() is threading.main_thread()
