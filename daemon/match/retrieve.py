@@ -1,9 +1,10 @@
 """Candidate retrieval: indexed look-ups of a lead's blocking keys (read only).
 
-One small query per key on the ``(account, key)`` index, each with its own LIMIT, then
-one query for the prospects found. A key shared by a crowd (a canvasser's email on a
-hundred leads) cannot push the others out, and no query ever scans the prospect table;
-:func:`explain` shows the plan so tests and the benchmark can check it.
+One small look-up per key on the ``(account, key)`` index, each with its own LIMIT, all
+sent as one statement (``UNION ALL``: one round trip to PostgreSQL instead of one per
+key), then one query for the prospects found. A key shared by a crowd (a canvasser's
+email on a hundred leads) cannot push the others out, and no query ever scans the
+prospect table; :func:`explain` shows the plan so tests and the benchmark can check it.
 
 The SQL is built once per database by peewee (quoting and parameter style: ``?`` on
 SQLite, ``%s`` on PostgreSQL) and then run with ``execute_sql``: building query objects
@@ -67,6 +68,21 @@ def _lookup_sql() -> str:
     return sql
 
 
+def _lookups_sql(count: int) -> str:
+    """``count`` key look-ups in one statement; each row is (look-up number, prospect id)."""
+    key = (id(database_proxy.obj), -count)
+    sql = _load_cache.get(key)
+    if sql is None:
+        one = _lookup_sql()
+        sql = " UNION ALL ".join(
+            # Only peewee's rendered SQL and integers: the values go as parameters.
+            f'SELECT {n} AS "n", "q{n}"."prospect_id" FROM ({one}) AS "q{n}"'  # noqa: S608
+            for n in range(count)
+        )
+        _load_cache[key] = sql
+    return sql
+
+
 def key_limit(key: str, settings: MatchSettings) -> int:
     return max(1, int(settings.max_candidates * _KIND_SHARE.get(key[:1], 1.0)))
 
@@ -97,16 +113,23 @@ def fetch_candidates(
 
     Ordered by the strength of the first key that found them (email before name).
     """
-    sql = _lookup_sql()
+    keys = list(query_keys(lead))
+    if not keys:
+        return Retrieved((), frozenset())
+    limits = [key_limit(key, settings) for key in keys]
+    params = [
+        value for key, limit in zip(keys, limits, strict=True) for value in (account, key, limit)
+    ]
+    rows = database_proxy.execute_sql(_lookups_sql(len(keys)), params).fetchall()
+    found: list[list[int]] = [[] for _ in keys]
+    for number, prospect_id in rows:
+        found[number].append(prospect_id)
     seen: dict[int, None] = {}
     crowded: set[str] = set()
-    for key in query_keys(lead):
-        limit = key_limit(key, settings)
-        cursor = database_proxy.execute_sql(sql, (account, key, limit))
-        found = [row[0] for row in cursor.fetchall()]
-        if len(found) >= limit:
+    for key, limit, ids in zip(keys, limits, found, strict=True):
+        if len(ids) >= limit:
             crowded.add(key)
-        for prospect_id in found:
+        for prospect_id in ids:
             seen.setdefault(prospect_id, None)
     return Retrieved(tuple(_load(list(seen))), frozenset(crowded))
 
