@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from daemon.config import IMAPMailbox, IMAPSettings, Settings, load_settings
+from daemon.db import set_page_cache
 from daemon.db.thread import DBThread
 from daemon.inbound.smtp import SMTPListener, tls_context
 from daemon.metrics import LiveSources, MetricsServer
@@ -133,6 +134,10 @@ class Daemon:
         runtime.db.close()  # from here on, only the DB thread talks to the database
         recovered = runtime.spool.recover()
         self.db_thread = DBThread(runtime.db)
+        if self.settings.spool.worker == "process":
+            # This process only claims notifications and reads counts; matching (which
+            # wants the 4 MiB page cache) happens in the worker.
+            await self.db_thread.run(set_page_cache, kib=1024)
         self.sender = OutboxSender(
             db_thread=self.db_thread,
             transport=make_transport(self.settings),

@@ -155,6 +155,13 @@ def _postgresql_class() -> type[pw.Database]:
     return PostgresqlDatabase
 
 
+def set_page_cache(*, kib: int) -> None:
+    """Resize this thread's SQLite page cache (``SQLITE_PRAGMAS`` sets 4 MiB); a no-op on
+    PostgreSQL, whose cache is the server's."""
+    if isinstance(database_proxy.obj, pw.SqliteDatabase):
+        database_proxy.execute_sql(f"PRAGMA cache_size = -{int(kib)}")
+
+
 def write_transaction() -> Any:
     """A transaction that will write.
 
