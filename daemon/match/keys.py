@@ -192,7 +192,7 @@ def _take_unit(words: list[str]) -> tuple[list[str], str | None]:
     return words, None
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def parse_street(value: str) -> Street | None:
     """Number, name, suffix and unit of a one-line street address, or None without a number.
 
@@ -224,7 +224,7 @@ def postal_key(value: object) -> str | None:
     return found.group(1) if found else text
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=CACHE_SIZE)
 def _city_key(text: str) -> str | None:
     words = [_STREET_WORDS.get(w, w) for w in _TOKEN_RE.findall(fold(text))]
     if words and words[0] == "st":
