@@ -143,7 +143,7 @@ class Found:
         return any(k == key for k, _ in self.pairs)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)
 def label_key(label: str) -> str:
     """Comparable form of a label: "E-Mail Address:" -> "e mail address", "firstName" ->
     "first name", "Job #" -> "job number"."""
@@ -169,7 +169,7 @@ def _candidates(label: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((key, _SUFFIX_RE.sub("", key), bare)))
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)
 def _table_field(label: str) -> str | None:
     candidates = _candidates(label)
     for candidate in candidates:
