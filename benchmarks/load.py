@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import random
@@ -132,6 +133,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process: robust to a busy machine, unlike wall time."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process, its live children and its exited (reaped) children: the
+    PostgreSQL server's postmaster and its backends."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            # One that exited meanwhile is counted in the parent's cutime from now on.
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(int(child))
+    return total
 
 
 def open_fds(pid: int) -> int:
@@ -383,6 +397,9 @@ def run_instances(args: argparse.Namespace, tmp: Path) -> None:
             ports = [free_port() for _ in where]
             configs = [write_config(w, p, url) for w, p in zip(where, ports, strict=True)]
             daemons = [Daemon(w, c, p, url) for w, c, p in zip(where, configs, ports, strict=True)]
+            server = cluster.pid if backend == "postgresql" else None
+            server_cpu = tree_cpu_seconds(server) if server else 0.0
+            idle_cpu = [sum(d.cpu()) for d in daemons]  # start-up, not per lead
             try:
                 started = time.time()
                 elapsed, accepted = asyncio.run(
@@ -391,7 +408,8 @@ def run_instances(args: argparse.Namespace, tmp: Path) -> None:
                 ids = {f"load-{n}-{stamp}@bench.example": t for n, (t, _) in accepted.items()}
                 wait_processed(daemons[0].url, len(ids))
                 end_to_end = len(ids) / (last_processed(daemons[0].url) - started)
-                cpu = [sum(d.cpu()) for d in daemons]
+                cpu = [sum(d.cpu()) - before for d, before in zip(daemons, idle_cpu, strict=True)]
+                server_cpu = tree_cpu_seconds(server) - server_cpu if server else 0.0
             finally:
                 codes = [d.stop() for d in daemons]
             verify(daemons[0].url, set(ids))
@@ -402,7 +420,8 @@ def run_instances(args: argparse.Namespace, tmp: Path) -> None:
                 f"  {label:14} accepted {len(ids) / elapsed:6.0f} msg/s  end to end "
                 f"{end_to_end:5.0f} leads/s  250->convert p50 "
                 f"{percentile(latencies, 0.5):5.1f} s p99 {percentile(latencies, 0.99):5.1f} s  "
-                f"CPU/lead {sum(cpu) / len(ids) * 1000:.2f} ms  exit {codes}",
+                f"CPU/lead {sum(cpu) / len(ids) * 1000:.2f} ms eleads + "
+                f"{server_cpu / len(ids) * 1000:.2f} ms server  exit {codes}",
                 flush=True,
             )
     finally:

@@ -202,6 +202,11 @@ class PostgresCluster:
             server.kill()
             server.wait(10)
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (its backends are its children)."""
+        return self._server.pid if self._server is not None else None
+
     def url(self, dbname: str) -> str:
         return f"postgresql://{USER}@{self.host}:{self.port}/{dbname}"
 
