@@ -134,7 +134,17 @@ class EleadsCollector(Collector):
         yield from (reloads, restarts, started)
 
     def _spool(self) -> Iterator[Metric]:
-        snap = spool_status(self.sources.settings())
+        settings = self.sources.settings()
+        try:
+            if settings.spool_store == "database":
+                with database_proxy.connection_context():
+                    snap = spool_status(settings)
+            else:
+                snap = spool_status(settings)
+        except Exception as exc:  # noqa: BLE001 - a scrape reports, it never raises
+            # Without the spool's gauges; eleads_database_up says why.
+            log.warning("event=metrics_spool_failed error=%r", exc)
+            return
         depth = GaugeMetricFamily(
             "eleads_spool_messages",
             "Messages in the spool by area: journal and queue (waiting), active (being "

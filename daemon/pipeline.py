@@ -220,6 +220,10 @@ class Pipeline:
         if prepared:
             try:
                 with write_transaction():
+                    # Every account of the batch, in one order for all instances: taken lead
+                    # by lead, two batches holding [x, y] and [y, x] would deadlock.
+                    for account_id in sorted({i.account_id for i in prepared if i.account_id}):
+                        lock_account(account_id)
                     for item in prepared:
                         results[item.entry.id] = self._record_savepoint(item)
             except Exception as exc:  # noqa: BLE001 - the commit failed: retry them all
@@ -389,8 +393,8 @@ class Pipeline:
                 result.message_id, outcome, elead.public_id, detail=detail, spool_id=entry.id
             )
         # Reads see earlier messages of the same batch: two leads for one new person in
-        # one batch give one prospect, not two.
-        lock_account(account_id)  # PostgreSQL: no concurrent "no match, create" per account
+        # one batch give one prospect, not two; and process_batch holds this account's lock
+        # (PostgreSQL: no concurrent "no match, create" by another instance's batch).
         decision = match_lead(lead, account=account_id, settings=self.settings.matching)
         conversion = apply_decision(elead, lead, decision, actor=actor)
         queue_for_elead(

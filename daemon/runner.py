@@ -82,19 +82,33 @@ class SpoolRunner:
         self._wakeup.set()
 
     async def run(self) -> None:
+        failures = 0
         while not self._stopping:
             self._wakeup.clear()
-            entries = await self.db_thread.run(self.spool.claim_due, self.batch)
-            # Once claimed, entries are finished even when stop() is called meanwhile.
-            await self.db_thread.run(process_or_defer_batch, self.pipeline, self.spool, entries)
-            for callback in self._committed:
-                callback()
-            if entries:
-                continue
-            due = await self.db_thread.run(self.spool.next_due_in)
-            wait = self.idle_wait if due is None else min(self.idle_wait, max(due, 0.05))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+            try:
+                wait = await self._step()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - e.g. the database went away: retry
+                # What was claimed stays claimed (the lease or the next start returns it);
+                # this loop must outlive the outage, or the daemon accepts and never stores.
+                failures += 1
+                wait = min(30.0, 0.5 * 2**failures)
+                log.error("event=spool_runner_error attempts=%d error=%r", failures, exc)
+            if wait:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait)
+
+    async def _step(self) -> float:
+        """One batch; returns how long to wait before the next (0: go on at once)."""
+        entries = await self.db_thread.run(self.spool.claim_due, self.batch)
+        # Once claimed, entries are finished even when stop() is called meanwhile.
+        await self.db_thread.run(process_or_defer_batch, self.pipeline, self.spool, entries)
+        for callback in self._committed:
+            callback()
+        if entries:
+            return 0.0
+        due = await self.db_thread.run(self.spool.next_due_in)
+        return self.idle_wait if due is None else min(self.idle_wait, max(due, 0.05))
 
     def stop(self) -> None:
         self._stopping = True

@@ -48,8 +48,9 @@ def ingest_messages(
 ) -> Iterator[Outcome]:
     """Spool each message durably, then run it through the pipeline here and now.
 
-    When a daemon runs on the same data dir it may claim the message first; then we wait
-    for its result instead of processing the message twice.
+    When a daemon runs on the same data dir (or, with the database spool, any instance
+    sharing the database) it may claim the message first; then we wait for its result
+    instead of processing the message twice.
     """
     runtime = open_runtime(settings)
     daemon_running = DataDirLock(settings.data_dir).held_by_other()
@@ -59,9 +60,11 @@ def ingest_messages(
             entry = runtime.spool.put_sync(raw, envelope)
             claimed = runtime.spool.claim(entry.id)
             if claimed is None:
+                # A daemon on this data dir, or (database spool) any instance's worker.
+                shared = settings.spool_store == "database"
                 yield (
                     _wait_for_daemon(entry.id)
-                    if daemon_running
+                    if daemon_running or shared
                     else Outcome(
                         None, "failed", detail="spooled, but claimed elsewhere", spool_id=entry.id
                     )

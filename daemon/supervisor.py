@@ -21,6 +21,10 @@ from daemon.systemd import CHILD_UNSET
 log = logging.getLogger(__name__)
 
 
+#: A worker that ran this long before dying restarts after the shortest backoff again.
+HEALTHY_AFTER = 300.0
+
+
 class WorkerSupervisor:
     def __init__(self, settings: Settings, *, nice: int = 5) -> None:
         self.settings = settings
@@ -67,10 +71,13 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._stopping:
             self._proc = await self._spawn()
+            started = asyncio.get_running_loop().time()
             self.wake()  # whatever is queued already
             signals = asyncio.create_task(self._read_signals(self._proc))
             code = await self._proc.wait()
             await signals
+            if asyncio.get_running_loop().time() - started > HEALTHY_AFTER:
+                backoff = 1.0  # it ran fine for a while: this death is not a crash loop
             if self._stopping:
                 break
             if self._restart_requested:

@@ -92,9 +92,20 @@ def run(config: str | None, *, nice: int) -> int:
 def _loop(runtime: Runtime, stop: _Stop) -> None:
     from daemon.runner import process_or_defer_batch
 
+    failures = 0
     try:
         while not stop.requested:
-            entries = runtime.spool.claim_due(BATCH)
+            try:
+                entries = runtime.spool.claim_due(BATCH)
+            except Exception as exc:  # noqa: BLE001 - the database spool's server went away
+                # Nothing is claimed; wait (woken or not) and ask again: the next statement
+                # reconnects (daemon.db), and the worker stays instead of dying each time.
+                failures += 1
+                log.error("event=spool_claim_failed attempts=%d error=%r", failures, exc)
+                if not _wait_for_wakeup(min(30.0, 0.5 * 2**failures)):
+                    break
+                continue
+            failures = 0
             if entries:
                 try:
                     process_or_defer_batch(runtime.pipeline, runtime.spool, entries)
@@ -105,7 +116,11 @@ def _loop(runtime: Runtime, stop: _Stop) -> None:
                 if not _wait_for_wakeup(0):
                     break
                 continue
-            due = runtime.spool.next_due_in()
+            try:
+                due = runtime.spool.next_due_in()
+            except Exception as exc:  # noqa: BLE001 - as above: look again after the wait
+                log.warning("event=spool_next_due_failed error=%r", exc)
+                due = None
             idle = runtime.settings.spool_idle_wait
             timeout = idle if due is None else min(idle, max(due, 0.05))
             if not _wait_for_wakeup(timeout):

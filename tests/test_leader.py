@@ -6,11 +6,12 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from daemon.db import hold_leader_lock, open_database
-from daemon.db.models import JobRun, database_proxy
-from daemon.visits.scheduler import claim_tick, finish_tick
+from daemon.db.models import JobRun, database_proxy, utcnow
+from daemon.visits.scheduler import claim_tick, finish_tick, purge_job_runs
 
 from .pg import PostgresCluster, database_url_for, query
 
@@ -23,10 +24,11 @@ def test_a_tick_runs_once_whoever_asks(tmp_path: Path) -> None:
         assert claim_tick("visits", 101, "host-b:/var/b") is True
         assert claim_tick("purge", 100, "host-b:/var/b") is True  # another job
         finish_tick("visits", 100, "ok")
+        JobRun.update(started_at=utcnow() - timedelta(days=8)).where(JobRun.tick == 101).execute()
+        assert purge_job_runs(now=utcnow()) == 1
         rows = {(r.job, r.tick): (r.instance, r.outcome) for r in JobRun.select()}
         assert rows == {
             ("visits", 100): ("host-a:/var/a", "ok"),
-            ("visits", 101): ("host-b:/var/b", None),
             ("purge", 100): ("host-b:/var/b", None),
         }
     finally:

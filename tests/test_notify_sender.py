@@ -21,6 +21,7 @@ import pytest
 from daemon.config import Settings
 from daemon.db.models import Notification
 from daemon.db.thread import DBThread
+from daemon.notify import sender as sender_module
 from daemon.notify.outbox import list_outbox, queue_for_elead
 from daemon.notify.render import Renderer, build_message
 from daemon.notify.sender import (
@@ -211,6 +212,26 @@ def test_a_broken_template_fails_only_its_row(db: pw.Database, tmp_path: Path) -
     assert statuses["received"][0] == "sent"
     assert statuses["conversion_issue"][0] == "failed"
     assert statuses["conversion_issue"][1].startswith("render: TemplateSyntaxError")
+
+
+def test_database_trouble_reading_the_original_is_retried_not_failed(
+    db: pw.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive (database spool) unreadable for a moment: a retry, not a failed row."""
+    settings = make_settings(tmp_path, **OUTBOUND)
+    ids = queue_lead(tmp_path, settings, "fuzzy")
+
+    def gone(item: Any) -> Any:
+        raise pw.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(sender_module, "archived_originals", gone)
+    memory = MemoryTransport()
+    assert send_due(db, settings, memory, Clock()) == 0
+    for i in ids:
+        assert (row(i).status, row(i).attempts) == ("queued", 1)
+        assert "reading the original" in (row(i).last_error or "")
+    monkeypatch.undo()
+    assert send_due(db, settings, memory, Clock(NOW + timedelta(hours=1))) == len(ids)
 
 
 def test_maildir_path_is_recorded(db: pw.Database, tmp_path: Path) -> None:

@@ -167,6 +167,27 @@ def test_crash_while_processing_keeps_the_message(
     wait_for(lambda: processed(spool_id), what="processing after requeue")
 
 
+def test_runner_outlives_a_database_outage(
+    make_config: Any, run_daemon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims failing for a while (the database away) delay processing; they do not stop it."""
+    failures = {"left": 2}
+    for store in STORES:
+        real_claim = store.claim_due
+
+        def flaky(self: SpoolStore, limit: int = 100, real: Any = real_claim) -> Any:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError("server closed the connection unexpectedly")
+            return real(self, limit)
+
+        monkeypatch.setattr(store, "claim_due", flaky)
+    daemon = run_daemon(make_config())
+    spool_id = send(daemon.smtp_port, LEAD)
+    wait_for(lambda: processed(spool_id), timeout=30, what="processing after the outage")
+    assert failures["left"] == 0
+
+
 def test_duplicate_delivery_gives_one_elead(make_config: Any, run_daemon: Any) -> None:
     daemon = run_daemon(make_config())
     first = send(daemon.smtp_port, LEAD)

@@ -396,7 +396,7 @@ class SpoolMessage(BaseModel):
     size = pw.IntegerField()
     attempts = pw.IntegerField(default=0)
     next_attempt_at = pw.DoubleField(default=0.0)  # epoch seconds
-    claimed_by = CharField(max_length=128, null=True)
+    claimed_by = pw.TextField(null=True)  # "<host>:<data dir>/<pid>": no length to cut
     lease_until = pw.DoubleField(null=True)  # epoch seconds
     last_error = pw.TextField(null=True)
     received_at = pw.DateTimeField(default=utcnow)
@@ -413,7 +413,7 @@ class JobRun(BaseModel):
     id = pw.AutoField()
     job = CharField(max_length=32)
     tick = pw.BigIntegerField()
-    instance = CharField(max_length=128)
+    instance = pw.TextField()
     started_at = pw.DateTimeField(default=utcnow)
     finished_at = pw.DateTimeField(null=True)
     outcome = CharField(max_length=16, null=True)

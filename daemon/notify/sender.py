@@ -310,6 +310,10 @@ class OutboxSender:
         started = time.monotonic()
         try:
             originals = await self.db_thread.run(archived_originals, item)
+        except Exception as exc:  # noqa: BLE001 - the database, not the message: retry
+            await self._retry(item, f"reading the original: {exc!r}")
+            return False
+        try:
             message = await asyncio.to_thread(
                 build_message,
                 item,

@@ -54,6 +54,11 @@ def instance_name(data_dir: Path | None = None) -> str:
     return f"{socket.gethostname()}:{data_dir}" if data_dir else socket.gethostname()
 
 
+def _dead(pid: str) -> bool:
+    """Whether the process of a claim's ``<pid>`` part is gone (not a number: gone)."""
+    return not pid.isdigit() or not _pid_alive(int(pid))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -202,7 +207,7 @@ class DatabaseSpool(SpoolStore):
                 )
             give_up = [r for r in expired if r.attempts >= self.max_attempts]
             for row in give_up:
-                self._fail_row(row.id, "worker died while processing it", row.attempts)
+                self._fail_row(row.id, "worker died while processing it", row.attempts, owner=None)
             taken = [r for r in rows + expired if r not in give_up]
             if taken:
                 until = now + self.lease_seconds
@@ -260,7 +265,7 @@ class DatabaseSpool(SpoolStore):
         attempts = entry.attempts + 1
         if attempts >= self.max_attempts:
             with write_transaction():
-                self._fail_row(entry.id, reason, attempts)
+                self._fail_row(entry.id, reason, attempts, owner=self.owner)
             return False
         delay = self.retry_delay(attempts)
         M = SpoolMessage
@@ -274,11 +279,12 @@ class DatabaseSpool(SpoolStore):
                     claimed_by=None,
                     lease_until=None,
                 )
-                .where((M.id == entry.id) & (M.state == "active"))
+                .where(self._held(entry.id))
                 .execute()
             )
         if not changed:
-            log.warning("event=spool_entry_gone spool_id=%s while=defer", entry.id)
+            # Our lease ran out and another worker has it (or finished it): theirs now.
+            log.warning("event=spool_claim_lost spool_id=%s while=defer", entry.id)
             return False
         log.warning(
             "event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
@@ -291,18 +297,33 @@ class DatabaseSpool(SpoolStore):
 
     def fail(self, entry: SpoolEntry, reason: str) -> None:
         with write_transaction():
-            self._fail_row(entry.id, reason, entry.attempts + 1)
+            self._fail_row(entry.id, reason, entry.attempts + 1, owner=self.owner)
 
-    def _fail_row(self, spool_id: str, reason: str, attempts: int) -> None:
+    def _held(self, spool_id: str) -> Any:
+        """The row, while this process's claim on it stands (a worker whose lease ran out
+        must not undo what the worker that took it over does)."""
         M = SpoolMessage
-        M.update(
-            state="failed",
-            attempts=attempts,
-            last_error=reason[:2000],
-            claimed_by=None,
-            lease_until=None,
-            finished_at=utcnow(),
-        ).where(M.id == spool_id).execute()
+        return (M.id == spool_id) & (M.state == "active") & (M.claimed_by == self.owner)
+
+    def _fail_row(self, spool_id: str, reason: str, attempts: int, *, owner: str | None) -> None:
+        """``owner``: only while that claim stands; None: the caller holds the row locked."""
+        M = SpoolMessage
+        where = self._held(spool_id) if owner else (M.id == spool_id)
+        changed = (
+            M.update(
+                state="failed",
+                attempts=attempts,
+                last_error=reason[:2000],
+                claimed_by=None,
+                lease_until=None,
+                finished_at=utcnow(),
+            )
+            .where(where)
+            .execute()
+        )
+        if not changed:
+            log.warning("event=spool_claim_lost spool_id=%s while=fail", spool_id)
+            return
         log.error(
             "event=spool_failed spool_id=%s attempts=%d reason=%s", spool_id, attempts, reason
         )
@@ -329,14 +350,20 @@ class DatabaseSpool(SpoolStore):
             held = M.select(M.id, M.claimed_by).where(
                 (M.state == "active") & M.claimed_by.startswith(prefix)
             )
+            # LIKE reads "_" in a data dir as a wildcard: the prefix is compared again here.
+            claims = [(str(row.id), str(row.claimed_by)) for row in held]
             dead = [
-                row.id
-                for row in held
-                if not (pid := row.claimed_by[len(prefix) :]).isdigit() or not _pid_alive(int(pid))
+                (row_id, owner)
+                for row_id, owner in claims
+                if owner.startswith(prefix) and _dead(owner[len(prefix) :])
             ]
             if dead:
+                # Re-checked in the UPDATE: a lease that ran out may have been taken by
+                # another instance since the SELECT.
                 M.update(state="queued", claimed_by=None, lease_until=None).where(
-                    M.id.in_(dead) & (M.state == "active")
+                    M.id.in_([row_id for row_id, _ in dead])
+                    & (M.state == "active")
+                    & M.claimed_by.in_([owner for _, owner in dead])
                 ).execute()
         if dead:
             log.info("event=spool_recovered count=%d", len(dead))

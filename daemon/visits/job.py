@@ -37,6 +37,7 @@ from daemon.db.models import (
     VisitForm,
     VisitorLink,
     VisitSession,
+    database_proxy,
     utcnow,
 )
 from daemon.errors import ConfigError
@@ -294,10 +295,26 @@ def _check_and_save_cursors(chunks: list[FileChunk], seen: list[int], now: datet
             "lines": end.end_lines,
             "seen_at": now,
         }
+        # Conditional on what was read: at PostgreSQL's READ COMMITTED a run that read the
+        # cursor before another committed would otherwise pass the check above too.
         if row is None:
-            VisitCursor.create(source=key[0], fingerprint=key[1], **values)
+            try:
+                with database_proxy.atomic():
+                    VisitCursor.create(source=key[0], fingerprint=key[1], **values)
+            except pw.IntegrityError:
+                raise StaleCursor(f"{chunk.path}: cursor created meanwhile") from None
         else:
-            VisitCursor.update(**values).where(VisitCursor.id == row.id).execute()
+            moved = (
+                VisitCursor.update(**values)
+                .where(
+                    (VisitCursor.id == row.id)
+                    & (VisitCursor.offset == row.offset)
+                    & (VisitCursor.lines == row.lines)
+                )
+                .execute()
+            )
+            if not moved:
+                raise StaleCursor(f"{chunk.path}: cursor moved")
     day_ago = now - timedelta(days=1)
     for i in range(0, len(seen), _CHUNK):
         VisitCursor.update(seen_at=now).where(

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Tokens are purged this long after they expired.
 TOKEN_RETENTION = timedelta(days=90)
+#: job_run rows are kept this long.
+JOB_RUN_RETENTION = timedelta(days=7)
 
 
 def claim_tick(job: str, tick: int, instance: str) -> bool:
@@ -64,6 +66,13 @@ def finish_tick(job: str, tick: int, outcome: str) -> None:
         JobRun.update(finished_at=utcnow(), outcome=outcome).where(
             (JobRun.job == job) & (JobRun.tick == tick)
         ).execute()
+
+
+def purge_job_runs(*, now: datetime) -> int:
+    """The scheduler's run records, kept ``JOB_RUN_RETENTION`` (they only prove one run per
+    tick and show who led when)."""
+    with write_transaction():
+        return int(JobRun.delete().where(JobRun.started_at < now - JOB_RUN_RETENTION).execute())
 
 
 def _purge_tokens() -> int:
@@ -227,8 +236,9 @@ class VisitScheduler:
             purged = await self.db_thread.run(_purge_tokens)
             settings = await asyncio.to_thread(current_settings, self.settings)
             visits = await self.db_thread.run(purge_sessions, settings)
+            runs = await self.db_thread.run(purge_job_runs, now=utcnow())
         except Exception:  # housekeeping: tomorrow is another day
             log.exception("event=purge_failed")
             return
-        log.info("event=purged tokens=%d visit_sessions=%d", purged, visits)
+        log.info("event=purged tokens=%d visit_sessions=%d job_runs=%d", purged, visits, runs)
         await self._finish("purge", tick, "ok")
