@@ -284,10 +284,13 @@ def import_twice(tmp_path: Path, csv_path: Path, workers: int) -> tuple[Any, ...
         database.close()
 
 
-def test_workers_import_exactly_what_one_process_does(tmp_path: Path, small_chunks: None) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_import_exactly_what_one_process_does(
+    tmp_path: Path, small_chunks: None, workers: int
+) -> None:
     csv_path = messy_csv(tmp_path / "messy.csv")
     serial = import_twice(tmp_path, csv_path, workers=0)
-    parallel = import_twice(tmp_path, csv_path, workers=2)
+    parallel = import_twice(tmp_path, csv_path, workers=workers)
     assert parallel == serial
     first, again, (prospects, keys, _) = serial
     assert first.imported > 40 and first.skipped > 40 and len(keys) > 3 * len(prospects)
