@@ -1,22 +1,10 @@
-"""Reply commands: one module per command, registered by name here (Mailman style).
+"""Reply commands: one module per command, registered by name in ``registry.py``
+(Mailman style).
 
 Each module defines ``NAME``, ``SUMMARY`` and ``run(ctx) -> CommandResult``. The reply
 handler (``handle.py``) checks the sender and the token first; ``tokens.py`` issues and
 spends the ``+r-<token>`` reply addresses.
+
+This package imports nothing itself: the daemon process imports ``tokens`` for its daily
+purge and must not load the commands with it (and with them the matcher and conversion).
 """
-
-from __future__ import annotations
-
-from types import ModuleType
-
-from daemon.commands import help as help_command
-from daemon.commands import ignore, new, use
-
-#: Explicit, ordered: the order is the order of the instructions in HELP.
-COMMANDS: dict[str, ModuleType] = {
-    module.NAME: module for module in (use, new, ignore, help_command)
-}
-
-
-def summaries() -> list[str]:
-    return [module.SUMMARY for module in COMMANDS.values()]

@@ -28,9 +28,9 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
-from daemon.commands import COMMANDS, summaries
 from daemon.commands.base import CommandContext, CommandResult
 from daemon.commands.help import instructions
+from daemon.commands.registry import COMMANDS, summaries
 from daemon.commands.tokens import TokenGrant, check_token, consume_token
 from daemon.config import AccountSettings, Settings
 from daemon.db.models import AuditEvent, ELead, Notification, database_proxy

@@ -17,7 +17,7 @@ def instructions(summaries: list[str]) -> tuple[str, ...]:
 
 
 def run(ctx: CommandContext) -> CommandResult:
-    from daemon.commands import summaries
+    from daemon.commands.registry import summaries
 
     return CommandResult(
         False,
