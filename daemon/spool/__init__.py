@@ -250,6 +250,16 @@ class SpoolStore(abc.ABC):
     def retry_delay(self, attempts: int) -> float:
         return float(min(self.retry_max, self.retry_base * 2 ** (attempts - 1)))
 
+    @staticmethod
+    def _log_deferred(entry: SpoolEntry, attempts: int, delay: float, reason: str) -> None:
+        log.warning(
+            "event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
+            entry.id,
+            attempts,
+            delay,
+            reason,
+        )
+
     @abc.abstractmethod
     def defer(self, entry: SpoolEntry, reason: str) -> bool:
         """Back to the queue with backoff; after max_attempts, failed. True if deferred."""
@@ -579,13 +589,7 @@ class Spool(SpoolStore):
             log.warning("event=spool_entry_gone spool_id=%s while=defer", entry.id)
             return False
         self._known_queue.append(entry.id)
-        log.warning(
-            "event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
-            entry.id,
-            attempts,
-            delay,
-            reason,
-        )
+        self._log_deferred(entry, attempts, delay, reason)
         return True
 
     def fail(self, entry: SpoolEntry, reason: str) -> None:

@@ -286,13 +286,7 @@ class DatabaseSpool(SpoolStore):
             # Our lease ran out and another worker has it (or finished it): theirs now.
             log.warning("event=spool_claim_lost spool_id=%s while=defer", entry.id)
             return False
-        log.warning(
-            "event=spool_deferred spool_id=%s attempts=%d retry_in=%.0fs reason=%s",
-            entry.id,
-            attempts,
-            delay,
-            reason,
-        )
+        self._log_deferred(entry, attempts, delay, reason)
         return True
 
     def fail(self, entry: SpoolEntry, reason: str) -> None:
