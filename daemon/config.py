@@ -150,6 +150,12 @@ class IMAPSettings(_Model):
     reconnect_max: float = Field(default=300.0, gt=0)
 
 
+def instance_name(data_dir: Path | None) -> str:
+    """This instance among several sharing a database: its host and data dir (one
+    ``eleads serve`` per data dir)."""
+    return f"{socket.gethostname()}:{data_dir}" if data_dir else socket.gethostname()
+
+
 class SpoolSettings(_Model):
     #: Processing attempts before a message moves to spool/failed/.
     max_attempts: int = Field(default=5, ge=1)
@@ -406,8 +412,7 @@ class Settings(_Model):
 
     @property
     def instance_name(self) -> str:
-        """This instance among several sharing a database: host and data dir."""
-        return f"{socket.gethostname()}:{self.data_dir}"
+        return instance_name(self.data_dir)
 
     @property
     def spool_idle_wait(self) -> float:

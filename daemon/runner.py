@@ -20,6 +20,12 @@ from daemon.spool import SpoolEntry, SpoolStore
 log = logging.getLogger(__name__)
 
 
+def outage_wait(failures: int) -> float:
+    """Seconds before asking the spool again after ``failures`` failed tries in a row
+    (the database away): 1, 2, 4 ... up to 30."""
+    return min(30.0, 0.5 * 2.0**failures)
+
+
 def settle(spool: SpoolStore, entry: SpoolEntry, result: Outcome | Exception) -> Outcome:
     """Turn a failed entry into a deferred (or failed) one and report it as an Outcome."""
     if isinstance(result, Outcome):
@@ -92,7 +98,7 @@ class SpoolRunner:
                 # What was claimed stays claimed (the lease or the next start returns it);
                 # this loop must outlive the outage, or the daemon accepts and never stores.
                 failures += 1
-                wait = min(30.0, 0.5 * 2**failures)
+                wait = outage_wait(failures)
                 log.error("event=spool_runner_error attempts=%d error=%r", failures, exc)
             if wait:
                 with contextlib.suppress(TimeoutError):

@@ -28,7 +28,7 @@ from daemon.config import Settings
 from daemon.db import models, open_database
 from daemon.db.models import ELead, InboundMessage, Notification, database_proxy
 from daemon.runtime import DataDirLock
-from daemon.spool import MAGIC
+from daemon.spool import MAGIC, spool_id_time
 
 STATUS_FILE = "status.json"
 #: A status file older than this (seconds) while the lock is held means a stuck daemon.
@@ -36,14 +36,6 @@ STALE_AFTER = 60.0
 
 
 # --- spool --------------------------------------------------------------------------
-
-
-def _id_time(spool_id: str) -> float | None:
-    """Spool ids begin with hex nanoseconds since the epoch (spool.new_spool_id)."""
-    try:
-        return int(spool_id.split("-", 1)[0], 16) / 1e9
-    except ValueError:
-        return None
 
 
 def _journal_pending(directory: Path, limit: int = 100_000) -> list[str]:
@@ -71,7 +63,7 @@ def spool_snapshot(spool_dir: Path, *, now: float | None = None) -> dict[str, An
             waiting += ids
     pending = _journal_pending(spool_dir / "journal")
     out["journal"] = len(pending)
-    times = [t for t in map(_id_time, waiting + pending) if t is not None]
+    times = [t for t in map(spool_id_time, waiting + pending) if t is not None]
     out["oldest_age_seconds"] = round(max(0.0, now - min(times)), 3) if times else 0.0
     return out
 

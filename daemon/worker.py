@@ -90,7 +90,7 @@ def run(config: str | None, *, nice: int) -> int:
 
 
 def _loop(runtime: Runtime, stop: _Stop) -> None:
-    from daemon.runner import process_or_defer_batch
+    from daemon.runner import outage_wait, process_or_defer_batch
 
     failures = 0
     try:
@@ -102,7 +102,7 @@ def _loop(runtime: Runtime, stop: _Stop) -> None:
                 # reconnects (daemon.db), and the worker stays instead of dying each time.
                 failures += 1
                 log.error("event=spool_claim_failed attempts=%d error=%r", failures, exc)
-                if not _wait_for_wakeup(min(30.0, 0.5 * 2**failures)):
+                if not _wait_for_wakeup(outage_wait(failures)):
                     break
                 continue
             failures = 0

@@ -93,6 +93,14 @@ def new_spool_id() -> str:
     return f"{time.time_ns():016x}-{secrets.token_hex(6)}"
 
 
+def spool_id_time(spool_id: str) -> float | None:
+    """When a message was spooled, from its id (:func:`new_spool_id`); None if not one."""
+    try:
+        return int(spool_id.split("-", 1)[0], 16) / 1e9
+    except ValueError:
+        return None
+
+
 def _body(spool_id: str, raw: bytes, env: dict[str, Any]) -> bytes:
     """The bytes of a .msg file; the envelope line also carries the id (for replay)."""
     head = json.dumps({**env, "spool_id": spool_id}, ensure_ascii=False)

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, cast
 
 import peewee as pw
 
+from daemon.config import instance_name
 from daemon.db import write_transaction
 from daemon.db.models import SpoolMessage, database_proxy, utcnow
 from daemon.errors import UsageError
@@ -42,16 +42,12 @@ from daemon.spool import (
     SpoolStore,
     new_spool_id,
     read_spool_file,
+    spool_id_time,
 )
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_PREFIX = "db:spool_message/"
-
-
-def instance_name(data_dir: Path | None = None) -> str:
-    """This instance: its host and data dir (one ``eleads serve`` per data dir)."""
-    return f"{socket.gethostname()}:{data_dir}" if data_dir else socket.gethostname()
 
 
 def _dead(pid: str) -> bool:
@@ -67,13 +63,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _id_time(spool_id: str) -> float | None:
-    try:
-        return int(spool_id.split("-", 1)[0], 16) / 1e9
-    except ValueError:
-        return None
 
 
 @contextlib.contextmanager
@@ -476,7 +465,7 @@ def snapshot(*, now: float | None = None) -> dict[str, Any]:
     now = datetime.now(UTC).timestamp() if now is None else now
     M = SpoolMessage
     oldest = M.select(pw.fn.MIN(M.id)).where(M.state.in_(["queued", "active"])).scalar()
-    born = _id_time(str(oldest)) if oldest else None
+    born = spool_id_time(str(oldest)) if oldest else None
     return {
         **counts(),
         "journal": 0,
