@@ -104,13 +104,17 @@ def import_prospects(world: World, count: int, tmp: Path, config: Path) -> list[
     csv_path = tmp / "prospects.csv"
     write_csv(csv_path, people, random.Random(1))
     started = time.perf_counter()
+    import_csv(csv_path, config)
+    elapsed = time.perf_counter() - started
+    print(f"imported {count} prospects in {elapsed:.1f} s (CLI, process start included)")
+    return people
+
+
+def import_csv(csv_path: Path, config: Path) -> None:
     args = ("prospects", "import", str(csv_path), "--account", "demo", "--config", str(config))
     done = eleads(*args)
     if done.returncode != 0:
         raise SystemExit(f"prospects import failed: {done.stderr.strip()}")
-    elapsed = time.perf_counter() - started
-    print(f"imported {count} prospects in {elapsed:.1f} s (CLI, process start included)")
-    return people
 
 
 def family(pid: int) -> list[int]:
@@ -369,18 +373,7 @@ def run_instances(args: argparse.Namespace, tmp: Path) -> None:
         base_url = cluster.new_database()
         people = import_prospects(world, args.prospects, tmp, write_config(tmp, 0, base_url))
         leads = make_leads(world, people, args.leads)
-        sqlite_config = write_config(tmp / "sqlite", 0)
-        done = eleads(
-            "prospects",
-            "import",
-            str(tmp / "prospects.csv"),
-            "--account",
-            "demo",
-            "--config",
-            str(sqlite_config),
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"prospects import failed: {done.stderr.strip()}")
+        import_csv(tmp / "prospects.csv", write_config(tmp / "sqlite", 0))
         base = base_url.rsplit("/", 1)[1]
         results = []
         for round_no, setup in enumerate([("sqlite", 1)] + [("postgresql", k) for k in counts]):
