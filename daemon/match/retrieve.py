@@ -44,6 +44,7 @@ PROSPECT_FIELDS: tuple[str, ...] = (
 
 _sql_cache: dict[int, str] = {}
 _load_cache: dict[tuple[int, int], str] = {}
+_lookups_cache: dict[tuple[int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def _lookup_sql() -> str:
 
 def _lookups_sql(count: int) -> str:
     """``count`` key look-ups in one statement; each row is (look-up number, prospect id)."""
-    key = (id(database_proxy.obj), -count)
-    sql = _load_cache.get(key)
+    key = (id(database_proxy.obj), count)
+    sql = _lookups_cache.get(key)
     if sql is None:
         one = _lookup_sql()
         sql = " UNION ALL ".join(
@@ -79,7 +80,7 @@ def _lookups_sql(count: int) -> str:
             f'SELECT {n} AS "n", "q{n}"."prospect_id" FROM ({one}) AS "q{n}"'  # noqa: S608
             for n in range(count)
         )
-        _load_cache[key] = sql
+        _lookups_cache[key] = sql
     return sql
 
 
