@@ -5,7 +5,7 @@ For each size it generates SEEDED synthetic prospects (US name frequencies with 
 of rare surnames, two-person households sharing surname + address and often the
 landline, a few family mailboxes), writes them as an untidy CRM export (six phone
 formats, mixed-case emails, gaps), imports them (target >= 20k prospects/s), checks with
-EXPLAIN QUERY PLAN that look-ups use the (account, key) index, then matches a LABELLED
+EXPLAIN QUERY PLAN that look-ups read the (account, key, prospect) index alone, then matches a LABELLED
 set of leads (target p99 < 5 ms at 1M): true duplicates with realistic variations, weak
 duplicates (name + place only), spouses, canvasser-shared emails, reassigned numbers,
 Jr./Sr., namesakes elsewhere and new people. The same candidates are also decided by
@@ -56,6 +56,7 @@ from daemon.db import open_database  # noqa: E402
 from daemon.db.models import Account, Prospect  # noqa: E402
 from daemon.match import Decision, match_lead  # noqa: E402
 from daemon.match.retrieve import explain, fetch_candidates  # noqa: E402
+from daemon.prospects import IMPORT_BATCH_ROWS  # noqa: E402
 from daemon.prospects_import import import_prospects  # noqa: E402
 
 KINDS = [
@@ -447,7 +448,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="prospect counts")
     parser.add_argument("--leads", type=int, default=6000, help="labelled leads per size (>= 5000)")
-    parser.add_argument("--batch", type=int, default=20000, help="import batch size (rows)")
+    parser.add_argument(
+        "--batch", type=int, default=IMPORT_BATCH_ROWS, help="import batch size (rows)"
+    )
     parser.add_argument(
         "--import-repeats", type=int, default=3, help="imports per size (the median is shown)"
     )

@@ -71,8 +71,8 @@ Raw = tuple[str | None, ...]
 #: A validated row: (line, id, problem, values in FIELDS order, keys (see _key_json),
 #: fingerprint of an id-less row). A row with a problem has no values.
 Checked = tuple[int, str | None, str | None, tuple[str | None, ...], str, tuple[str, ...] | None]
-#: Rows per chunk handed to a worker, and chunks in the workers' hands (and again, once
-#: validated, queued for the writer): enough to go on while a batch of 20,000 is written.
+#: Rows per chunk handed to a worker, and chunks in the workers' hands; validated chunks
+#: queue for the writer up to a batch more (see _validated_ahead).
 CHUNK_ROWS = 2500
 CHUNKS_AHEAD = 12
 #: Below this size (about 5,000 rows) starting worker processes costs more than it saves.
@@ -217,8 +217,20 @@ def _worker_count(path: Path, workers: int | None, batch_size: int) -> int:
     return 2 if rows <= 2 * batch_size else 1
 
 
+def _validated_ahead(batch_size: int) -> int:
+    """Validated chunks the reading thread may hold for the writer: a whole batch.
+
+    While the writer is in SQLite with one batch (which lets go of the GIL) the worker
+    validates the next; with a shorter queue it stopped once the queue was full and the
+    writer then waited for most of each batch (12 s of a 1M import in 100,000-row
+    batches). The price is memory: a batch of validated rows, ~100 MB at 100,000."""
+    return max(CHUNKS_AHEAD, -(-batch_size // CHUNK_ROWS) + 1)
+
+
 @contextmanager
-def _checked(path: Path, default_region: str, workers: int) -> Iterator[Iterator[list[Checked]]]:
+def _checked(
+    path: Path, default_region: str, workers: int, *, ahead: int = CHUNKS_AHEAD
+) -> Iterator[Iterator[list[Checked]]]:
     """Every record of the file, validated (by ``workers`` processes, or here), in order,
     a chunk at a time.
 
@@ -233,7 +245,7 @@ def _checked(path: Path, default_region: str, workers: int) -> Iterator[Iterator
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     try:
         pool.submit(int).result()  # a fork-context pool starts all its processes at once
-        with _read_ahead(_pooled(pool, chunks, default_region), CHUNKS_AHEAD) as checked:
+        with _read_ahead(_pooled(pool, chunks, default_region), ahead) as checked:
             yield checked
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -337,7 +349,7 @@ class _Importer:
         self.ids: dict[str, int] = {}
         self.prints: dict[tuple[str, ...], int] = {}
         self.problems: list[str] = []
-        self.imported = self.skipped = 0
+        self.imported = self.skipped = self.batches = 0
         query = Prospect.select(Prospect.pid).where(Prospect.account == account)
         self.taken = {str(pid) for (pid,) in _tuples(query)}
 
@@ -445,6 +457,7 @@ class _Importer:
         _bump_seq(account, _top_p_number(r.pid for r in rows))
         self.taken.update(str(r.pid) for r in rows)
         self.imported += len(rows)
+        self.batches += 1
 
 
 _PROSPECT_COLUMNS = ("account", "pid", *FIELDS, "conflicting_leads", "created_at", "updated_at")
@@ -574,7 +587,7 @@ def import_prospects(
     with (
         _cycles_not_collected(),
         _page_cache(IMPORT_CACHE_KIB),
-        _checked(path, default_region, workers) as chunks,
+        _checked(path, default_region, workers, ahead=_validated_ahead(batch_size)) as chunks,
     ):
         for chunk in chunks:
             for checked in chunk:
@@ -586,7 +599,8 @@ def import_prospects(
         if batch:
             importer.flush(batch)
     log.info(
-        "event=prospects_imported account=%s imported=%d skipped=%d seconds=%.2f",
-        *(account, importer.imported, importer.skipped, time.perf_counter() - started),
+        "event=prospects_imported account=%s imported=%d skipped=%d batches=%d seconds=%.2f",
+        *(account, importer.imported, importer.skipped, importer.batches),
+        time.perf_counter() - started,
     )
     return ImportReport(importer.imported, importer.skipped, tuple(importer.problems))

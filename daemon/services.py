@@ -18,7 +18,7 @@ from daemon.db.models import AuditEvent, ELead, InboundMessage, Prospect
 from daemon.errors import UsageError
 from daemon.notify.outbox import list_outbox
 from daemon.pipeline import Outcome, recorded_outcome
-from daemon.prospects import ImportReport, list_prospects
+from daemon.prospects import IMPORT_BATCH_ROWS, ImportReport, list_prospects
 from daemon.prospects_import import import_prospects
 from daemon.runner import process_or_defer
 from daemon.runtime import DataDirLock, Runtime, open_runtime
@@ -197,7 +197,9 @@ def convert_elead(
         }
 
 
-def import_prospects_file(settings: Settings, path: Path, *, account: str) -> ImportReport:
+def import_prospects_file(
+    settings: Settings, path: Path, *, account: str, batch_size: int | None = None
+) -> ImportReport:
     account_settings = settings.account(account)
     if account_settings is None:
         raise UsageError(f"unknown account {account!r}")
@@ -205,7 +207,10 @@ def import_prospects_file(settings: Settings, path: Path, *, account: str) -> Im
         raise UsageError(f"{path}: no such file")
     with _runtime(settings):
         return import_prospects(
-            path, account=account, default_region=account_settings.country, batch_size=20_000
+            path,
+            account=account,
+            default_region=account_settings.country,
+            batch_size=batch_size or IMPORT_BATCH_ROWS,
         )
 
 

@@ -99,3 +99,54 @@ def test_version_1_database_is_upgraded(tmp_path: Path) -> None:
     versions = [v for (v,) in db.execute_sql("select version from schema_migrations")]
     assert versions == list(range(1, discover()[-1].version + 1))
     db.close()
+
+
+def _prospect_indexes(db: pw.Database) -> set[tuple[str, str, tuple[str, ...], bool]]:
+    return {
+        (table, index.name, tuple(index.columns), bool(index.unique))
+        for table in ("prospect", "prospect_key")
+        for index in db.get_indexes(table)
+        if not index.name.endswith("_pkey")  # PostgreSQL's primary keys
+    }
+
+
+def test_version_5_prospect_indexes_become_a_new_databases(database_url: str) -> None:
+    """m0006 drops the unused prospect indexes and makes the key look-up covering."""
+    db = open_database(database_url)
+    new = _prospect_indexes(db)
+    assert ("prospect_key", "prospect_key_account_id_key_prospect_id",
+            ("account_id", "key", "prospect_id"), True) in new  # fmt: skip
+    assert not any("email" in columns or "phone" in columns for _, _, columns, _ in new)
+    # Take the indexes back to version 5's, with a prospect and its keys in the tables.
+    db.execute_sql('DROP INDEX "prospect_key_account_id_key_prospect_id"')
+    db.execute_sql('DROP INDEX "prospect_key_prospect_id"')
+    for name, table, columns, unique in (
+        ("prospect_email", "prospect", "email", ""),
+        ("prospect_phone", "prospect", "phone", ""),
+        ("prospect_account_id", "prospect", "account_id", ""),
+        ("prospect_key_account_id_key", "prospect_key", "account_id, key", ""),
+        ("prospect_key_prospect_id_key", "prospect_key", "prospect_id, key", "UNIQUE "),
+    ):
+        db.execute_sql(f"CREATE {unique}INDEX {name} ON {table} ({columns})")
+    now = "CURRENT_TIMESTAMP"
+    for statement in (
+        f"INSERT INTO account (id, name, country, prospect_seq, created_at) "
+        f"VALUES ('a', 'A', 'US', 0, {now})",
+        f"INSERT INTO prospect (account_id, pid, conflicting_leads, created_at, updated_at) "
+        f"VALUES ('a', 'P1', 0, {now}, {now})",
+        "INSERT INTO prospect_key (account_id, prospect_id, key) SELECT 'a', id, k FROM "
+        "prospect, (SELECT 'e:x@example.com' AS k UNION ALL SELECT 'p:+15550100') AS keys",
+    ):
+        db.execute_sql(statement)
+    db.execute_sql("DELETE FROM schema_migrations WHERE version > 5")
+    assert _prospect_indexes(db) != new
+    db.close()
+    db = open_database(database_url)
+    assert _prospect_indexes(db) == new
+    assert db.execute_sql("SELECT COUNT(*) FROM prospect_key").fetchone()[0] == 2
+    with pytest.raises(pw.IntegrityError), db.atomic():  # (account, key, prospect) is unique
+        db.execute_sql(
+            "INSERT INTO prospect_key (account_id, prospect_id, key) "
+            "SELECT account_id, prospect_id, key FROM prospect_key"
+        )
+    db.close()

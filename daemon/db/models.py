@@ -111,13 +111,16 @@ class InboundMessage(BaseModel):
 
 
 class Prospect(BaseModel):
+    # Indexed only by (account, pid): matching finds prospects through ProspectKey, and
+    # an index on email or phone here would cost the import a random insert per row for
+    # look-ups nothing makes (migration m0006 dropped them).
     id = pw.AutoField()
-    account = pw.ForeignKeyField(Account, backref="prospects", on_delete="CASCADE")
+    account = pw.ForeignKeyField(Account, backref="prospects", on_delete="CASCADE", index=False)
     pid = CharField(max_length=64)
     first_name = CharField(null=True)
     last_name = CharField(null=True)
-    email = CharField(null=True, index=True)
-    phone = CharField(max_length=32, null=True, index=True)
+    email = CharField(null=True)
+    phone = CharField(max_length=32, null=True)
     phone_alt = CharField(max_length=32, null=True)
     street = CharField(null=True)
     city = CharField(null=True)
@@ -137,14 +140,17 @@ class Prospect(BaseModel):
 class ProspectKey(BaseModel):
     """Blocking keys (see daemon/match/keys.py): candidate retrieval without a full scan."""
 
-    # No per-column indexes: (account, key) and (prospect, key) cover every look-up, and
-    # each extra index costs a random insert per key row on import.
+    # Two indexes, each the smallest that serves its look-ups, since every key row costs
+    # a random insert into (account, key, ...) on import: a look-up by key reads the
+    # prospect ids from that index alone (covering, no visit to the table), which also
+    # keeps each (account, key, prospect) once; a prospect's own keys (updates, cascading
+    # deletes) are found by prospect.
     account = pw.ForeignKeyField(Account, on_delete="CASCADE", index=False)
-    prospect = pw.ForeignKeyField(Prospect, backref="keys", on_delete="CASCADE", index=False)
+    prospect = pw.ForeignKeyField(Prospect, backref="keys", on_delete="CASCADE")
     key = CharField(max_length=255)
 
     class Meta:
-        indexes = ((("account", "key"), False), (("prospect", "key"), True))
+        indexes = ((("account", "key", "prospect"), True),)
 
 
 class ELead(BaseModel):
