@@ -5,10 +5,11 @@ For each size it generates SEEDED synthetic prospects (US name frequencies with 
 of rare surnames, two-person households sharing surname + address and often the
 landline, a few family mailboxes), writes them as an untidy CRM export (six phone
 formats, mixed-case emails, gaps), imports them (target >= 20k prospects/s), checks with
-EXPLAIN QUERY PLAN that look-ups read the (account, key, prospect) index alone, then matches a LABELLED
-set of leads (target p99 < 5 ms at 1M): true duplicates with realistic variations, weak
-duplicates (name + place only), spouses, canvasser-shared emails, reassigned numbers,
-Jr./Sr., namesakes elsewhere and new people. The same candidates are also decided by
+EXPLAIN QUERY PLAN that look-ups read the (account, key, prospect) index alone, then
+matches a LABELLED set of leads (target p99 < 5 ms at 1M; the median of 3 passes):
+true duplicates with realistic variations, weak duplicates (name + place only),
+spouses, canvasser-shared emails, reassigned numbers, Jr./Sr., namesakes elsewhere and
+new people. The same candidates are also decided by
 the BASELINE scorer of the product eleads replaces (points for equal fields: email 16,
 phone 11, last name 3.6, first name 2.8, street 1.3, postcode 1.1; >= 15 match, < 7 new).
 Labels follow the corpus README's rule; precision and recall use the ground truth.
@@ -360,13 +361,18 @@ class Score:
                 f"agreement {agree:7.2%}  left to a human {self.fuzzy} ({fuzzy:.1%})")  # fmt: skip
 
 
-def evaluate(leads: list[Labelled], settings: MatchSettings) -> tuple[Score, Score, list[float]]:
-    """Ours and the baseline on the same retrieved candidates; our latency per lead (ms)."""
-    ours, base, latency = Score(), Score(), []
+Latency = tuple[list[float], list[float]]
+
+
+def evaluate(leads: list[Labelled], settings: MatchSettings) -> tuple[Score, Score, Latency]:
+    """Ours and the baseline on the same retrieved candidates; our latency per lead (ms):
+    wall clock, and CPU time of this thread (what a busy machine does not inflate)."""
+    ours, base, latency, cpu = Score(), Score(), [], []
     for lead, truth, label in leads:
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.thread_time()
         decision: Decision = match_lead(lead, account="bench", settings=settings)
         latency.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.thread_time() - used) * 1000)
         chosen = decision.pid if decision.outcome == "matched" else None
         shown = [c.pid for c in decision.candidates]
         ours.add(decision.outcome, chosen, shown, truth, label)
@@ -374,7 +380,18 @@ def evaluate(leads: list[Labelled], settings: MatchSettings) -> tuple[Score, Sco
             ours.misses.append((lead, truth, decision.outcome, shown))
         rows = fetch_candidates(lead, account="bench", settings=settings).prospects
         base.add(*baseline(lead, rows, settings.max_shown), truth, label)
-    return ours, base, latency
+    return ours, base, (latency, cpu)
+
+
+def latencies(leads: list[Labelled], settings: MatchSettings) -> Latency:
+    """Another pass over ``leads``: latency only (ms; wall clock, thread CPU)."""
+    wall, cpu = [], []
+    for lead, _, _ in leads:
+        started, used = time.perf_counter(), time.thread_time()
+        match_lead(lead, account="bench", settings=settings)
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.thread_time() - used) * 1000)
+    return wall, cpu
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -429,10 +446,17 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> None:
     leads = world.leads(people, args.leads)
     settings = MatchSettings()
     evaluate(leads[:50], settings)  # warm caches
-    ours, base, latency = evaluate(leads, settings)
-    q = statistics.quantiles(latency, n=100)
-    print(f"  match latency over {len(leads):,} leads: p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms, "
-          f"max {max(latency):.2f} ms (target p99 < 5 ms)")  # fmt: skip
+    ours, base, first = evaluate(leads, settings)
+    passes = [first, *(latencies(leads, settings) for _ in range(args.match_repeats - 1))]
+    wall = [statistics.quantiles(p[0], n=100) for p in passes]
+    thread = [statistics.quantiles(p[1], n=100) for p in passes]
+    p50, p99, cpu99 = (
+        statistics.median(q[i] for q in qs) for qs, i in ((wall, 49), (wall, 98), (thread, 98))
+    )
+    print(f"  match latency over {len(leads):,} leads, median of {len(passes)} passes: "
+          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 < 5 ms; passes "
+          f"{', '.join(f'{q[98]:.2f}' for q in wall)}); CPU per lead p99 {cpu99:.2f} ms; "
+          f"max {max(max(p[0]) for p in passes):.2f} ms")  # fmt: skip
     counts = {k: sum(1 for *_, lab in leads if lab == k) for k in ("matched", "fuzzy", "created")}
     print(f"  labelled set: {len(leads):,} leads, labels {counts}, true duplicates {ours.dups:,}")
     print(ours.line("eleads", len(leads)))
@@ -453,6 +477,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--import-repeats", type=int, default=3, help="imports per size (the median is shown)"
+    )
+    parser.add_argument(
+        "--match-repeats", type=int, default=3, help="latency passes over the leads (median)"
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="validation processes (default: automatic)"

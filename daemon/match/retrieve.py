@@ -1,6 +1,7 @@
 """Candidate retrieval: indexed look-ups of a lead's blocking keys (read only).
 
-One small look-up per key on the ``(account, key)`` index, each with its own LIMIT, all
+One small look-up per key on the ``(account, key, prospect)`` index (covering: the
+prospect ids come from the index, the table is not read), each with its own LIMIT, all
 sent as one statement (``UNION ALL``: one round trip to PostgreSQL instead of one per
 key), then one query for the prospects found. A key shared by a crowd (a canvasser's
 email on a hundred leads) cannot push the others out, and no query ever scans the
