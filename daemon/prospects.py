@@ -34,11 +34,12 @@ _P_NUMBER_RE = re.compile(r"^[Pp](\d{1,18})$")
 MAX_PROBLEMS = 1000
 #: SQLite page cache while importing (allocated only as pages are used).
 IMPORT_CACHE_KIB = 1024 * 1024
-#: Rows per transaction of `eleads prospects import`. Every batch's keys land all over
-#: the (account, key) index, so each commit rewrites most of its pages: at 1M prospects
-#: 100,000-row batches import 1.6x faster than 20,000-row ones, and hold SQLite's write
-#: lock ~3.5 s each against a running daemon (which waits up to its 10 s busy timeout,
-#: and retries after that). benchmarks/match.py and docs/performance.md have the numbers.
+#: Rows per transaction of `eleads prospects import` (at most: see
+#: prospects_import._next_batch_rows). Every batch's keys land all over the key index,
+#: so each commit rewrites most of its pages: at 1M prospects 100,000-row batches import
+#: 1.6x faster than 20,000-row ones, and hold SQLite's write lock ~3.5 s each against a
+#: running daemon (which waits up to its 10 s busy timeout, and retries after that).
+#: benchmarks/match.py and docs/performance.md have the numbers.
 IMPORT_BATCH_ROWS = 100_000
 
 

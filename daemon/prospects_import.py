@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
-from daemon.db import write_transaction
+from daemon.db import lock_account, write_transaction
 from daemon.db.fast import insert_stored
 from daemon.db.models import Account, Prospect, ProspectKey, database_proxy, utcnow
 from daemon.errors import TransientError, UsageError
@@ -77,6 +77,13 @@ CHUNK_ROWS = 2500
 CHUNKS_AHEAD = 12
 #: Below this size (about 5,000 rows) starting worker processes costs more than it saves.
 PARALLEL_MIN_BYTES = 512 * 1024
+#: A transaction that took longer than this makes the next one smaller (see
+#: _next_batch_rows), down to MIN_BATCH_ROWS.
+BATCH_SECONDS = 5.0
+MIN_BATCH_ROWS = 5000
+#: The most rows one transaction may take: a batch is validated ahead in memory, and its
+#: keys go to SQLite as one JSON text (SQLite's limit on a text is 1 GB).
+MAX_BATCH_ROWS = 1_000_000
 _FINGERPRINT = tuple(FIELDS.index(n) for n in ("first_name", "last_name", "email"))
 _FINGERPRINT += tuple(FIELDS.index(n) for n in ("phone", "street", "postal_code"))
 
@@ -399,32 +406,42 @@ class _Importer:
         records = Prospect.select(*fields).where(Prospect.id.in_(sorted(ids)))
         return {_fingerprint(p) for p in _tuples(records)}
 
-    def flush(self, batch: list[_Row]) -> None:
+    def flush(self, batch: list[_Row]) -> float:
         """Insert one batch and its keys in one transaction; known id-less records skip.
+        Returns the seconds the transaction took, from holding the write lock to the end
+        of its commit.
 
         The write lock is taken up front: a transaction that reads first cannot wait for
-        it behind a busy daemon (see daemon.db.write_transaction)."""
-        with _foreign_keys_checked_here(), write_transaction():
-            if not Account.select().where(Account.id == self.account).exists():
-                raise UsageError(f"no account {self.account!r}")  # deleted meanwhile
-            anonymous = [r for r in batch if r.pid is None]
-            if anonymous and (known := self._known_prints(anonymous)):
-                dropped = {id(r) for r in anonymous if r.fingerprint in known}
-                for r in anonymous:
-                    if id(r) in dropped:
-                        self.problem(r.line, "this prospect already exists; skipped")
-                batch[:] = [r for r in batch if id(r) not in dropped]
-                anonymous = [r for r in anonymous if id(r) not in dropped]
-            if anonymous and not self.scanned:
-                _bump_seq(self.account, _top_p_number(raw[0] for _, raw in _records(self.path)))
-                self.scanned = True
-            while anonymous:
-                for r, pid in zip(
-                    anonymous, _reserve_pids(self.account, len(anonymous)), strict=True
-                ):
-                    r.pid = None if pid in self.taken else pid
-                anonymous = [r for r in anonymous if r.pid is None]
-            self._insert(batch)
+        it behind a busy daemon (see daemon.db.write_transaction). On PostgreSQL the
+        account's lock too, as the daemon's conversions take it: without it a conversion
+        could reserve an id this batch inserts and both wait for the other (the batch
+        for the account's counter row, the conversion for the batch's id)."""
+        with _foreign_keys_checked_here():
+            with write_transaction():
+                started = time.perf_counter()
+                self._flush(batch)
+            return time.perf_counter() - started
+
+    def _flush(self, batch: list[_Row]) -> None:
+        lock_account(self.account)
+        if not Account.select().where(Account.id == self.account).exists():
+            raise UsageError(f"no account {self.account!r}")  # deleted meanwhile
+        anonymous = [r for r in batch if r.pid is None]
+        if anonymous and (known := self._known_prints(anonymous)):
+            dropped = {id(r) for r in anonymous if r.fingerprint in known}
+            for r in anonymous:
+                if id(r) in dropped:
+                    self.problem(r.line, "this prospect already exists; skipped")
+            batch[:] = [r for r in batch if id(r) not in dropped]
+            anonymous = [r for r in anonymous if id(r) not in dropped]
+        if anonymous and not self.scanned:
+            _bump_seq(self.account, _top_p_number(raw[0] for _, raw in _records(self.path)))
+            self.scanned = True
+        while anonymous:
+            for r, pid in zip(anonymous, _reserve_pids(self.account, len(anonymous)), strict=True):
+                r.pid = None if pid in self.taken else pid
+            anonymous = [r for r in anonymous if r.pid is None]
+        self._insert(batch)
 
     def _insert(self, rows: list[_Row]) -> None:
         account, top = self.account, Prospect.select(pw.fn.MAX(Prospect.id))
@@ -559,6 +576,23 @@ def _page_cache(kib: int) -> Iterator[None]:
         database_proxy.execute_sql(f"PRAGMA cache_size = {int(before)}")
 
 
+def _next_batch_rows(rows: int, seconds: float, most: int) -> int:
+    """Rows for the next transaction: about BATCH_SECONDS at the last one's pace.
+
+    A batch holds what the daemon's conversions wait for: SQLite's one write lock (for
+    all accounts; the daemon gives up after its 10 s busy timeout and retries later), and
+    on PostgreSQL the account's lock. On SQLite a batch's commit rewrites most of the key
+    index, so its time grows with the database: past a few million prospects a fixed
+    100,000 rows would outlast the busy timeout. Shrinking in proportion errs short (part
+    of a batch's time does not shrink with it); a quick batch lets the next grow back,
+    never past ``most``."""
+    if seconds <= BATCH_SECONDS / 2:
+        return most
+    if seconds <= BATCH_SECONDS:
+        return min(most, rows * 2)
+    return min(most, max(MIN_BATCH_ROWS, int(rows * BATCH_SECONDS / seconds)))
+
+
 def import_prospects(
     path: Path,
     *,
@@ -569,10 +603,13 @@ def import_prospects(
 ) -> ImportReport:
     """Import a CRM export (columns: the lead fields, optional ``id``); see ImportReport.
 
-    Bad rows are reported and skipped, the rest inserted one transaction per batch.
+    Bad rows are reported and skipped, the rest inserted one transaction per batch of at
+    most ``batch_size`` rows (fewer after a batch that took over BATCH_SECONDS).
     Re-importing a file skips what is already there (by id, else by identical fields).
     ``workers``: validation processes (default: 1 or 2 for files over 512 KiB on 2+ cores).
     """
+    if not 1 <= batch_size <= MAX_BATCH_ROWS:
+        raise UsageError(f"batch size must be 1 to {MAX_BATCH_ROWS:,} rows, not {batch_size}")
     started = time.perf_counter()
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         columns, ignored = _header(next(csv.reader(handle), []))
@@ -584,6 +621,7 @@ def import_prospects(
     importer.problems.extend(ignored)
     batch: list[_Row] = []
     workers = _worker_count(path, workers, batch_size)
+    rows = batch_size
     with (
         _cycles_not_collected(),
         _page_cache(IMPORT_CACHE_KIB),
@@ -593,8 +631,8 @@ def import_prospects(
             for checked in chunk:
                 if (row := importer.row(checked)) is not None:
                     batch.append(row)
-                if len(batch) >= batch_size:
-                    importer.flush(batch)
+                if len(batch) >= rows:
+                    rows = _next_batch_rows(rows, importer.flush(batch), batch_size)
                     batch = []
         if batch:
             importer.flush(batch)

@@ -243,3 +243,36 @@ def test_lost_connection_is_replaced(pg: tuple[str, pw.Database]) -> None:
     with write_transaction():
         Account.create(id="kept")
     assert sorted(a.id for a in Account.select()) == ["demo", "kept"]
+
+
+def test_an_import_batch_waits_for_the_accounts_lock(pg: tuple[str, pw.Database]) -> None:
+    """A batch takes the account's lock, as conversions do (else a conversion reserving an
+    id the batch inserts and the batch bumping the counter could wait for each other)."""
+    from daemon.prospects_import import import_prospects
+
+    Account.create(id="demo")
+    fixture = Path(__file__).resolve().parent / "fixtures" / "match" / "prospects.csv"
+    holding, release = threading.Event(), threading.Event()
+    imported: list[int] = []
+
+    def holder() -> None:
+        with write_transaction():
+            lock_account("demo")
+            holding.set()
+            release.wait(10)
+
+    def importer() -> None:
+        report = import_prospects(fixture, account="demo", default_region="US", workers=0)
+        imported.append(report.imported)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    assert holding.wait(10)
+    running = threading.Thread(target=importer)
+    running.start()
+    running.join(0.5)
+    assert running.is_alive() and not imported  # waiting for the holder
+    release.set()
+    first.join(10)
+    running.join(20)
+    assert imported == [24]

@@ -127,7 +127,7 @@ def test_every_key_is_indexed(db: None) -> None:
     if os.environ.get("ELEADS_TEST_DATABASE") != "postgresql":  # PG may scan a small table
         # Covering: the prospect ids come from the index, the table is not read.
         assert "USING COVERING INDEX" in plan and "key=?" in plan, plan
-    assert "SCAN" not in plan
+        assert "SCAN" not in plan
 
 
 def test_create_prospect_skips_ids_taken_by_an_import(db: None) -> None:
@@ -330,12 +330,55 @@ def test_a_dead_worker_stops_the_import_between_batches(
     assert ProspectKey.select(ProspectKey.prospect).distinct().count() == imported
 
 
-def test_the_reader_validates_a_whole_batch_ahead() -> None:
+def test_the_reader_validates_a_whole_batch_ahead(
+    db: None, tmp_path: Path, small_chunks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The worker keeps validating the next batch while the writer writes one."""
-    for batch in (25, 20_000, 100_000, 250_000):
-        ahead = prospects_import._validated_ahead(batch)
-        assert ahead * prospects_import.CHUNK_ROWS >= batch
-        assert ahead >= prospects_import.CHUNKS_AHEAD
+    depths: list[int] = []
+    read_ahead = prospects_import._read_ahead
+
+    def spy(items: Any, depth: int) -> Any:
+        depths.append(depth)
+        return read_ahead(items, depth)
+
+    monkeypatch.setattr(prospects_import, "_read_ahead", spy)
+    csv_path = messy_csv(tmp_path / "messy.csv")
+    import_prospects(csv_path, account="demo", default_region="US", batch_size=60, workers=1)
+    (depth,) = depths
+    assert depth * prospects_import.CHUNK_ROWS >= 60 and depth >= prospects_import.CHUNKS_AHEAD
+
+
+def batches_logged(caplog: Any) -> int:
+    (line,) = [r.getMessage() for r in caplog.records if "prospects_imported" in r.getMessage()]
+    return int(line.split(" batches=")[1].split()[0])
+
+
+def test_a_slow_batch_makes_the_next_smaller(
+    db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """Over BATCH_SECONDS a batch shrinks the next (a running daemon waits for it)."""
+    caplog.set_level("INFO", logger="daemon.prospects_import")
+    csv_path = messy_csv(tmp_path / "messy.csv", rows=400)
+    report = import_prospects(csv_path, account="demo", default_region="US", batch_size=50)
+    assert report.imported > 100
+    assert batches_logged(caplog) == -(-report.imported // 50)  # quick: full batches
+    caplog.clear()
+    Prospect.delete().execute()
+    monkeypatch.setattr(prospects_import, "BATCH_SECONDS", 1e-9)
+    monkeypatch.setattr(prospects_import, "MIN_BATCH_ROWS", 10)
+    again = import_prospects(csv_path, account="demo", default_region="US", batch_size=50)
+    assert again.imported == report.imported
+    assert batches_logged(caplog) == 1 + -(-(report.imported - 50) // 10)
+    next_rows = prospects_import._next_batch_rows
+    monkeypatch.setattr(prospects_import, "BATCH_SECONDS", 5.0)
+    assert next_rows(100_000, 1.0, 100_000) == 100_000
+    assert next_rows(20_000, 4.0, 100_000) == 40_000  # under the limit: grows back
+    assert next_rows(100_000, 10.0, 100_000) == 50_000
+    assert next_rows(100_000, 1e6, 100_000) == 10  # the floor (patched above)
+    assert next_rows(5, 1000.0, 8) == 8  # never more than asked for
+    for wrong in (0, prospects_import.MAX_BATCH_ROWS + 1):
+        with pytest.raises(UsageError, match="batch size"):
+            import_prospects(csv_path, account="demo", default_region="US", batch_size=wrong)
 
 
 def test_batch_size_reaches_the_importer(
@@ -372,6 +415,9 @@ def test_batch_size_reaches_the_importer(
         assert seen.pop() == expected
     result = runner.invoke(main, ["prospects", "import", str(FIXTURE), "--account", "demo",
                                   "--batch-size", "0", "--config", str(config)])  # fmt: skip
+    assert result.exit_code == 2 and "--batch-size" in result.output
+    result = runner.invoke(main, ["prospects", "import", str(FIXTURE), "--account", "demo",
+                                  "--batch-size", "1000001", "--config", str(config)])  # fmt: skip
     assert result.exit_code == 2 and "--batch-size" in result.output
     help_text = runner.invoke(main, ["prospects", "import", "--help"]).output
     assert f"[default: {IMPORT_BATCH_ROWS}]" in " ".join(help_text.split())
