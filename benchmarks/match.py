@@ -442,7 +442,9 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> None:
     main_us, workers_us = (statistics.median(c[i] for c in cpu) / n * 1e6 for i in (0, 1))
     print(f"  import CPU per prospect (medians; what counts on a busy machine): {main_us:.0f} us "
           f"reading and writing, {workers_us:.0f} us validating (workers)")  # fmt: skip
-    print(f"  plan of a key look-up: {' / '.join(explain('bench', 'e:x@example.com'))}")
+    plan = " / ".join(explain("bench", "e:x@example.com"))
+    covering = "USING COVERING INDEX" in plan and "SCAN" not in plan
+    print(f"  plan of a key look-up: {plan}" + ("" if covering else "  ** NOT COVERING **"))
     leads = world.leads(people, args.leads)
     settings = MatchSettings()
     evaluate(leads[:50], settings)  # warm caches
