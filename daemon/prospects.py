@@ -32,7 +32,8 @@ _ADDRESS = FIELDS[5:]
 _ID_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _P_NUMBER_RE = re.compile(r"^[Pp](\d{1,18})$")
 MAX_PROBLEMS = 1000
-#: SQLite page cache while importing (allocated only as pages are used).
+#: SQLite page cache while importing (allocated only as pages are used; at most a
+#: quarter of the memory available: prospects_import._import_cache_kib).
 IMPORT_CACHE_KIB = 1024 * 1024
 #: Rows per transaction of `eleads prospects import` (at most: see
 #: prospects_import._next_batch_rows). Every batch's keys land all over the key index,

@@ -84,6 +84,8 @@ MIN_BATCH_ROWS = 5000
 #: The most rows one transaction may take: a batch is validated ahead in memory, and its
 #: keys go to SQLite as one JSON text (SQLite's limit on a text is 1 GB).
 MAX_BATCH_ROWS = 1_000_000
+#: The least page cache an import takes, however little memory is free (the default).
+MIN_IMPORT_CACHE_KIB = 4096
 _FINGERPRINT = tuple(FIELDS.index(n) for n in ("first_name", "last_name", "email"))
 _FINGERPRINT += tuple(FIELDS.index(n) for n in ("phone", "street", "postal_code"))
 
@@ -561,6 +563,24 @@ def _cycles_not_collected() -> Iterator[None]:
             gc.enable()
 
 
+def _import_cache_kib(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """IMPORT_CACHE_KIB, or a quarter of the memory available now if that is less.
+
+    The cache is allocated as pages are used, up to the size of what the import touches
+    (most of an 800 MB database at 1M prospects): a small server importing a big file
+    must not run out of memory for it. Where /proc/meminfo cannot be read, the full size.
+    """
+    try:
+        with meminfo.open() as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    quarter = int(line.split()[1]) // 4  # the file counts in kB
+                    return max(MIN_IMPORT_CACHE_KIB, min(IMPORT_CACHE_KIB, quarter))
+    except (OSError, ValueError, IndexError):
+        pass
+    return IMPORT_CACHE_KIB
+
+
 @contextmanager
 def _page_cache(kib: int) -> Iterator[None]:
     """A bigger SQLite page cache while importing: the key index is written all over."""
@@ -624,7 +644,7 @@ def import_prospects(
     rows = batch_size
     with (
         _cycles_not_collected(),
-        _page_cache(IMPORT_CACHE_KIB),
+        _page_cache(_import_cache_kib()),
         _checked(path, default_region, workers, ahead=_validated_ahead(batch_size)) as chunks,
     ):
         for chunk in chunks:

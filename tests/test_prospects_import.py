@@ -421,3 +421,29 @@ def test_batch_size_reaches_the_importer(
     assert result.exit_code == 2 and "--batch-size" in result.output
     help_text = runner.invoke(main, ["prospects", "import", "--help"]).output
     assert f"[default: {IMPORT_BATCH_ROWS}]" in " ".join(help_text.split())
+
+
+def test_the_import_cache_fits_the_memory_available(
+    db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    page_cache = prospects_import._page_cache
+    monkeypatch.setattr(prospects_import, "_import_cache_kib", lambda: 4321)
+    monkeypatch.setattr(
+        prospects_import, "_page_cache", lambda kib: sizes.append(kib) or page_cache(kib)
+    )
+    import_prospects(FIXTURE, account="demo", default_region="US")
+    assert sizes == [4321]
+    monkeypatch.undo()
+    meminfo = tmp_path / "meminfo"
+    cache = prospects_import._import_cache_kib
+    meminfo.write_text("MemTotal:  1000000 kB\nMemAvailable:  800000 kB\n")
+    assert cache(meminfo) == 200_000  # a quarter of what is available
+    meminfo.write_text("MemAvailable: 64000000 kB\n")
+    assert cache(meminfo) == prospects_import.IMPORT_CACHE_KIB  # never more than 1 GiB
+    meminfo.write_text("MemAvailable: 1000 kB\n")
+    assert cache(meminfo) == prospects_import.MIN_IMPORT_CACHE_KIB
+    for unreadable in ("MemAvailable: lots\n", "nothing here\n"):
+        meminfo.write_text(unreadable)
+        assert cache(meminfo) == prospects_import.IMPORT_CACHE_KIB
+    assert cache(tmp_path / "missing") == prospects_import.IMPORT_CACHE_KIB
