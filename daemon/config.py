@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from daemon.errors import ConfigError
+from daemon.tls import client_context
 
 ENV_CONFIG = "ELEADS_CONFIG"
 ENV_DATA_DIR = "ELEADS_DATA_DIR"
@@ -135,6 +137,9 @@ class IMAPMailbox(_Model):
     account: str | None = None
     #: Verify the server's certificate (turn off only for a test server).
     verify_tls: bool = True
+    #: PEM file of the CA certificate(s) to verify the server with instead of the
+    #: system's (a private CA); relative: to the config file's directory.
+    ca_file: Path | None = None
 
     @property
     def effective_port(self) -> int:
@@ -188,6 +193,9 @@ class RelaySettings(_Model):
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
     timeout: float = Field(default=30.0, gt=0)
+    #: PEM file of the CA certificate(s) to verify the relay with instead of the system's
+    #: (a private CA); relative: to the config file's directory.
+    ca_file: Path | None = None
 
 
 class OutboundSettings(_Model):
@@ -469,8 +477,46 @@ def parse_settings(data: Any, *, source: Path) -> Settings:
             "data_dir": resolved_data_dir,
             "rules_dir": _resolve(base, settings.rules_dir),
             "source": source,
+            "outbound": _with_ca_file(settings.outbound, base, name),
+            "imap": _with_ca_file(settings.imap, base, name),
         }
     )
+
+
+M = TypeVar("M", bound=_Model)
+
+
+def _ca_file(path: Path | None, base: Path, where: str) -> Path | None:
+    """``path`` resolved against the config file's directory, checked to be a CA file
+    (the daemon would otherwise find out at its first connection, and retry forever)."""
+    if path is None:
+        return None
+    resolved = _resolve(base, path)
+    try:
+        client_context(ca_file=resolved)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror or exc  # ssl.SSLError is an OSError
+        raise ConfigError(
+            f"{where}: cannot load {resolved} as PEM CA certificates: {reason}"
+        ) from None
+    return resolved
+
+
+def _with_ca_file(section: M, base: Path, name: str) -> M:
+    """``section`` (outbound or imap) with its relay's or mailboxes' ``ca_file`` resolved."""
+    if isinstance(section, OutboundSettings) and section.relay is not None:
+        relay = section.relay
+        ca_file = _ca_file(relay.ca_file, base, f"{name}: outbound.relay.ca_file")
+        return section.model_copy(update={"relay": relay.model_copy(update={"ca_file": ca_file})})
+    if isinstance(section, IMAPSettings):
+        mailboxes = [
+            m.model_copy(
+                update={"ca_file": _ca_file(m.ca_file, base, f"{name}: imap.mailboxes.{i}.ca_file")}
+            )
+            for i, m in enumerate(section.mailboxes)
+        ]
+        return section.model_copy(update={"mailboxes": mailboxes})
+    return section
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:

@@ -103,6 +103,9 @@ class DovecotServer:
                 "2",
                 "-subj",
                 "/CN=localhost",
+                # Names the host checks match: a client given cert.pem as its CA verifies.
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
                 "-keyout",
                 str(self.root / "key.pem"),
                 "-out",

@@ -13,7 +13,7 @@ from daemon.config import load_settings
 from daemon.errors import ConfigError
 from daemon.routing import route_recipient
 
-from .conftest import REPO
+from .conftest import REPO, make_certificate
 
 ELEADS = [sys.executable, "-m", "daemon.cli"]
 
@@ -130,3 +130,44 @@ def test_routing_refuses_unknown_recipients_with_several_accounts(tmp_path: Path
     assert route_recipient(settings, "victim@elsewhere.example") is None
     reply = route_recipient(settings, "leads+r-abc123@eleads.example")
     assert reply is not None and reply.is_reply_address
+
+
+def test_ca_files_are_relative_to_the_config_file_and_must_load(tmp_path: Path) -> None:
+    """A relay's or mailbox's private CA: found next to the config, refused when unusable."""
+    path = tmp_path / "c.yaml"
+    data = {
+        "accounts": [{"id": "x"}],
+        "outbound": {"relay": {"host": "relay.example", "ca_file": "tls/ca.pem"}},
+        "imap": {
+            "mailboxes": [
+                {
+                    "name": "m",
+                    "host": "imap.example",
+                    "username": "u",
+                    "password": "p",
+                    "ca_file": "tls/ca.pem",
+                },
+            ]
+        },
+    }
+    path.write_text(yaml.safe_dump(data))
+    (tmp_path / "tls").mkdir()
+    ca = tmp_path / "tls" / "ca.pem"
+    with pytest.raises(ConfigError, match=r"outbound\.relay\.ca_file: cannot load .*ca\.pem"):
+        load_settings(path)  # no such file
+    ca.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"outbound\.relay\.ca_file: cannot load"):
+        load_settings(path)
+    out = run_cli("check-config", "--config", str(path))
+    assert out.returncode == 2 and "ca_file" in out.stderr and "Traceback" not in out.stderr
+    cert, _ = make_certificate(tmp_path / "tls")
+    cert.rename(ca)
+    settings = load_settings(path)
+    assert settings.outbound.relay is not None
+    assert settings.outbound.relay.ca_file == tmp_path.resolve() / "tls" / "ca.pem"
+    assert settings.imap.mailboxes[0].ca_file == tmp_path.resolve() / "tls" / "ca.pem"
+    del data["outbound"]
+    path.write_text(yaml.safe_dump(data))
+    ca.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"imap\.mailboxes\.0\.ca_file: cannot load"):
+        load_settings(path)

@@ -419,6 +419,15 @@ def test_tls_modes_and_certificate_check(
     )
     assert asyncio.run(poll(lax)) == 1
     assert spool.message_ids() == mids(security, 1)
+    # Verified against the server's own certificate as a private CA (ca_file).
+    dovecot.append(user, messages(f"{security} pinned", 1))
+    pinned = poller(
+        mailbox(dovecot, user, security=security, port=port, ca_file=dovecot.root / "cert.pem"),
+        spool,
+        tmp_path / "state",
+    )
+    assert asyncio.run(poll(pinned)) == 1
+    assert spool.message_ids() == mids(security, 1) + mids(f"{security} pinned", 1)
 
 
 def test_log_lines_never_carry_the_password(

@@ -8,6 +8,7 @@ notify tests stand on their own. The relay is a real aiosmtpd ``Controller`` on 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -241,14 +242,19 @@ class RelayHandler:
 class Relay:
     """A real aiosmtpd relay on 127.0.0.1 (start/stop; restartable on the same port)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, tls: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
         self.handler = RelayHandler()
         self._controller: Controller | None = None
+        #: With a server context: STARTTLS offered and required before MAIL.
+        self.tls = tls
 
     def start(self) -> Relay:
+        starttls: dict[str, Any] = (
+            {"tls_context": self.tls, "require_starttls": True} if self.tls else {}
+        )
         self._controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10
+            self.handler, hostname="127.0.0.1", port=self.port, ready_timeout=10, **starttls
         )
         self._controller.start()
         return self

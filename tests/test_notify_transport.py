@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import ssl
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,6 +18,7 @@ from daemon.notify.transport import (
     SendResult,
     make_transport,
 )
+from tests.conftest import make_certificate
 from tests.test_notify_support import Relay, free_port, make_settings, parse_mail
 
 SENDER = "leads@eleads.example"
@@ -65,6 +67,24 @@ def test_relay_reuses_one_session_for_a_burst(relay: Relay) -> None:
     asyncio.run(send_all(RelayTransport(relay.settings), *(message(n) for n in range(5))))
     assert len(relay.received) == 5
     assert relay.handler.sessions == 1
+
+
+def test_relay_verified_with_a_private_ca(tmp_path: Path) -> None:
+    """STARTTLS to a relay whose certificate only ``ca_file`` vouches for."""
+    cert, key = make_certificate(tmp_path, "relay")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    relay = Relay(tls=context).start()
+    try:
+        system_cas = relay.settings.model_copy(update={"security": "starttls"})
+        with pytest.raises(TransientError, match=r"(?i)certificate verify failed"):
+            asyncio.run(send_all(RelayTransport(system_cas), message(1)))
+        assert relay.received == []
+        pinned = system_cas.model_copy(update={"ca_file": cert})
+        asyncio.run(send_all(RelayTransport(pinned), message(2)))
+        assert [r.message["Subject"] for r in relay.received] == ["Test 2"]
+    finally:
+        relay.stop()
 
 
 def test_relay_down_is_transient() -> None:

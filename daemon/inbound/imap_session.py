@@ -30,6 +30,7 @@ from imapclient import DELETED, SEEN, IMAPClient
 from daemon.config import IMAPMailbox
 from daemon.inbound.imap_state import CommandFailed, ConnectionLost, MailboxState
 from daemon.spool import Envelope
+from daemon.tls import client_context
 
 # The poller's logger: its events keep one logger name whichever module logs them.
 log = logging.getLogger("daemon.inbound.imap")
@@ -68,11 +69,7 @@ def pop_new_mail(client: IMAPClient) -> bool:
 
 
 def ssl_context(mailbox: IMAPMailbox) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not mailbox.verify_tls:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_context(ca_file=mailbox.ca_file, verify=mailbox.verify_tls)
 
 
 def open_session(mailbox: IMAPMailbox, factory: Callable[..., IMAPClient]) -> Session:

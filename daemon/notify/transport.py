@@ -31,6 +31,7 @@ import aiosmtplib
 
 from daemon.config import RelaySettings, Settings
 from daemon.errors import PermanentError, TransientError
+from daemon.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class RelayTransport:
             timeout=relay.timeout,
             use_tls=relay.security == "tls",
             start_tls=relay.security == "starttls",
+            tls_context=client_context(ca_file=relay.ca_file) if relay.ca_file else None,
         )
 
     async def _session(self) -> tuple[aiosmtplib.SMTP, bool]:
