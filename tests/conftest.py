@@ -23,6 +23,7 @@ from tests.pg import (
     selected_backend,
     stop_cluster,
 )
+from tests.tls import write_self_signed
 
 __all__ = ["pg_cluster"]  # the session fixture, re-exported for pytest
 
@@ -44,38 +45,11 @@ def require_corpus() -> Path:
 def make_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]:
     """A self-signed certificate for localhost and 127.0.0.1 and its key (PEM files);
     given to a client as its CA file it verifies. Needs openssl (CI installs it)."""
-    import shutil
-    import subprocess
-
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    if not write_self_signed(cert, key):
         if os.environ.get("CI") == "true":
             pytest.fail("openssl is missing (CI=true: no skipping)")
         pytest.skip("openssl is not installed")
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
     return cert, key
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
+from tests.tls import write_self_signed
+
 PASSWORD = "test-secret"  # a throw-away test server
 
 
@@ -88,34 +90,7 @@ class DovecotServer:
         self.conf.write_text(self._config(login_user))
 
     def _make_certificate(self) -> bool:
-        openssl = _find("openssl")
-        if openssl is None:
-            return False
-        subprocess.run(
-            [
-                openssl,
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=localhost",
-                # Names the host checks match: a client given cert.pem as its CA verifies.
-                "-addext",
-                "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                "-keyout",
-                str(self.root / "key.pem"),
-                "-out",
-                str(self.root / "cert.pem"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        return True
+        return write_self_signed(self.root / "cert.pem", self.root / "key.pem")
 
     def _tls_config(self) -> str:
         if self.tls_port is None:

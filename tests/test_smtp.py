@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from daemon.pipeline import Pipeline
 from daemon.spool import Spool, SpoolStore
 from daemon.spool.database import DatabaseSpool, read_archived
 
+from .conftest import make_certificate
 from .mail import FIXTURES, counts, lead_bytes, processed, wait_for
 
 #: Both spool stores: the one the test database selects (files on SQLite, the database
@@ -226,28 +226,7 @@ def test_smtputf8_and_8bit_bodies(make_config: Any, run_daemon: Any) -> None:
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return make_certificate(tmp_path)
 
 
 def test_starttls_and_auth(make_config: Any, run_daemon: Any, tls_files: tuple[Path, Path]) -> None:
