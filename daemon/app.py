@@ -437,7 +437,7 @@ class Daemon:
             if self.runner is not None:
                 self.runner.pipeline = runtime.pipeline
         if self.scheduler is not None:
-            self.scheduler.settings = settings  # read per run; the interval is fixed at start
+            self.scheduler.reconfigure(settings)
         for callback in self._reload_hooks:
             try:
                 callback(settings)

@@ -101,3 +101,33 @@ def test_a_failing_run_is_retried_on_the_next_tick(
     wait_for(lambda: len(_alerts()) == 1, timeout=10, what="alert after the retry")
     assert calls["n"] >= 2
     assert daemon.daemon.scheduler is not None and daemon.daemon.scheduler.runs >= 1
+
+
+def test_a_reload_reschedules_the_visit_log_job(make_config: Any, run_daemon: Any) -> None:
+    """visits.interval_seconds and visits.enabled apply on reload, not only at start."""
+    import asyncio
+    from datetime import timedelta
+
+    import yaml
+
+    from .service_support import write_config
+
+    config = _config(make_config, "thread")
+    daemon = run_daemon(config)
+    data = yaml.safe_load(config.read_text())
+
+    def reload_with(visits: dict[str, Any]) -> Any:
+        write_config(config, {**data, "visits": {**data["visits"], **visits}})
+        future = asyncio.run_coroutine_threadsafe(daemon.daemon.reload(), daemon.loop)
+        assert future.result(30)
+        jobs = daemon.daemon.scheduler._scheduler
+        return jobs.get_job("visits")
+
+    scheduler = daemon.daemon.scheduler
+    assert scheduler._scheduler.get_job("visits").trigger.interval == timedelta(seconds=TICK)
+    job_now = reload_with({"interval_seconds": 7})
+    assert job_now.trigger.interval == timedelta(seconds=7)
+    assert reload_with({"interval_seconds": 7, "enabled": False}) is None
+    job_now = reload_with({"interval_seconds": 3, "enabled": True})
+    assert job_now.trigger.interval == timedelta(seconds=3)
+    assert scheduler.settings.visits.interval_seconds == 3

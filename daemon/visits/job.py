@@ -13,7 +13,7 @@ thread (scheduler.py) and the CLI can run them in a row (:func:`run_once`):
    line is counted twice or lost, whatever crashes where.
 
 Config is re-read at every run (``visits`` sources, recipients, cool-down), so a reload
-takes effect for the next alert; the interval is fixed when the daemon starts.
+takes effect for the next alert; a new interval reschedules the job (scheduler.py).
 """
 
 from __future__ import annotations

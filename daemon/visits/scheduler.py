@@ -107,16 +107,7 @@ class VisitScheduler:
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
         interval = self.settings.visits.interval_seconds
         if self.settings.visits.enabled:
-            scheduler.add_job(
-                self._visits_tick,
-                IntervalTrigger(seconds=interval),
-                id="visits",
-                name="visit-log reader",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(interval * 2)),
-                next_run_time=datetime.now().astimezone(),
-            )
+            self._add_visits_job(scheduler, interval)
         scheduler.add_job(
             self._purge_tick,
             IntervalTrigger(days=1),
@@ -133,6 +124,42 @@ class VisitScheduler:
             "event=scheduler_started visits=%s interval=%.3g",
             self.settings.visits.enabled,
             interval,
+        )
+
+    def _add_visits_job(self, scheduler: AsyncIOScheduler, interval: float) -> None:
+        """The visit-log job, first run now. A run in progress when it is replaced (a
+        reload) finishes; the executor counts instances by job id, so the new job never
+        runs beside it."""
+        scheduler.add_job(
+            self._visits_tick,
+            IntervalTrigger(seconds=interval),
+            id="visits",
+            name="visit-log reader",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(interval * 2)),
+            next_run_time=datetime.now().astimezone(),
+            replace_existing=True,
+        )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New settings (a reload): read per run, and the visit-log job follows
+        ``visits.enabled`` and ``visits.interval_seconds`` (at the new pace from now)."""
+        before, self.settings = self.settings.visits, settings
+        after, scheduler = settings.visits, self._scheduler
+        if scheduler is None or (before.enabled, before.interval_seconds) == (
+            after.enabled,
+            after.interval_seconds,
+        ):
+            return
+        if after.enabled:
+            self._add_visits_job(scheduler, after.interval_seconds)
+        elif scheduler.get_job("visits") is not None:
+            scheduler.remove_job("visits")
+        log.info(
+            "event=scheduler_reconfigured visits=%s interval=%.3g",
+            after.enabled,
+            after.interval_seconds,
         )
 
     async def shutdown(self, timeout: float = 30.0) -> None:
