@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-import ssl
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -477,13 +476,9 @@ def parse_settings(data: Any, *, source: Path) -> Settings:
             "data_dir": resolved_data_dir,
             "rules_dir": _resolve(base, settings.rules_dir),
             "source": source,
-            "outbound": _with_ca_file(settings.outbound, base, name),
-            "imap": _with_ca_file(settings.imap, base, name),
+            **_with_ca_files_resolved(settings, base, name),
         }
     )
-
-
-M = TypeVar("M", bound=_Model)
 
 
 def _ca_file(path: Path | None, base: Path, where: str) -> Path | None:
@@ -494,29 +489,30 @@ def _ca_file(path: Path | None, base: Path, where: str) -> Path | None:
     resolved = _resolve(base, path)
     try:
         client_context(ca_file=resolved)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror or exc  # ssl.SSLError is an OSError
+    except OSError as exc:  # ssl.SSLError too (a file that is not PEM)
+        reason = exc.strerror or exc
         raise ConfigError(
             f"{where}: cannot load {resolved} as PEM CA certificates: {reason}"
         ) from None
     return resolved
 
 
-def _with_ca_file(section: M, base: Path, name: str) -> M:
-    """``section`` (outbound or imap) with its relay's or mailboxes' ``ca_file`` resolved."""
-    if isinstance(section, OutboundSettings) and section.relay is not None:
-        relay = section.relay
+def _with_ca_files_resolved(settings: Settings, base: Path, name: str) -> dict[str, Any]:
+    """The ``outbound`` and ``imap`` sections with the relay's and mailboxes' ``ca_file``
+    resolved and checked."""
+    outbound, imap = settings.outbound, settings.imap
+    if (relay := outbound.relay) is not None:
         ca_file = _ca_file(relay.ca_file, base, f"{name}: outbound.relay.ca_file")
-        return section.model_copy(update={"relay": relay.model_copy(update={"ca_file": ca_file})})
-    if isinstance(section, IMAPSettings):
-        mailboxes = [
-            m.model_copy(
-                update={"ca_file": _ca_file(m.ca_file, base, f"{name}: imap.mailboxes.{i}.ca_file")}
-            )
-            for i, m in enumerate(section.mailboxes)
-        ]
-        return section.model_copy(update={"mailboxes": mailboxes})
-    return section
+        outbound = outbound.model_copy(
+            update={"relay": relay.model_copy(update={"ca_file": ca_file})}
+        )
+    mailboxes = [
+        m.model_copy(
+            update={"ca_file": _ca_file(m.ca_file, base, f"{name}: imap.mailboxes.{i}.ca_file")}
+        )
+        for i, m in enumerate(imap.mailboxes)
+    ]
+    return {"outbound": outbound, "imap": imap.model_copy(update={"mailboxes": mailboxes})}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:

@@ -177,6 +177,11 @@ class DaemonThread:
             raise self.error
         return self
 
+    def reload(self) -> bool:
+        """What SIGHUP runs, on the daemon's loop: True when the new config was applied."""
+        future = asyncio.run_coroutine_threadsafe(self.daemon.reload(), self.loop)
+        return bool(future.result(30))
+
     @property
     def smtp_port(self) -> int:
         return int(self.daemon._servers[0].sockets[0].getsockname()[1])

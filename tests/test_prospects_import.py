@@ -398,8 +398,7 @@ def test_batch_size_reaches_the_importer(
         load_settings(config), FIXTURE, account="demo", batch_size=5
     )
     assert report.imported == 24
-    (line,) = [r.getMessage() for r in caplog.records if "prospects_imported" in r.getMessage()]
-    assert " batches=5 " in line  # 24 rows, 5 to a transaction
+    assert batches_logged(caplog) == 5  # 24 rows, 5 to a transaction
 
     seen: list[int | None] = []
     monkeypatch.setattr(

@@ -105,7 +105,6 @@ def test_a_failing_run_is_retried_on_the_next_tick(
 
 def test_a_reload_reschedules_the_visit_log_job(make_config: Any, run_daemon: Any) -> None:
     """visits.interval_seconds and visits.enabled apply on reload, not only at start."""
-    import asyncio
     from datetime import timedelta
 
     import yaml
@@ -118,8 +117,7 @@ def test_a_reload_reschedules_the_visit_log_job(make_config: Any, run_daemon: An
 
     def reload_with(visits: dict[str, Any]) -> Any:
         write_config(config, {**data, "visits": {**data["visits"], **visits}})
-        future = asyncio.run_coroutine_threadsafe(daemon.daemon.reload(), daemon.loop)
-        assert future.result(30)
+        assert daemon.reload()
         jobs = daemon.daemon.scheduler._scheduler
         return jobs.get_job("visits")
 

@@ -2,8 +2,9 @@
 
 Candidate retrieval looks keys up on the ``(account, key, prospect)`` index and never
 scans the prospect table, so a lead is compared with a few dozen prospects whatever the
-size of the account. The same :func:`blocking_keys` serves prospects (stored) and leads (looked
-up); :func:`query_keys` adds the look-ups that only make sense from the lead's side.
+size of the account. The same :func:`blocking_keys` serves prospects (stored) and leads
+(looked up); :func:`query_keys` adds the look-ups that only make sense from the lead's
+side.
 
 Key kinds, strongest first (the order of ``KEY_KINDS`` is the order of the look-ups):
 
